@@ -1,0 +1,248 @@
+"""Pieces shared by every DataModule of the project: the data error and the loader plumbing."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator, Sized
+from typing import Optional, Union
+
+import lightning as L
+import numpy as np
+import torch
+import torch.distributed as dist
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+PathLike = Union[str, os.PathLike]
+
+
+class DatasetError(RuntimeError):
+    """Data missing or corrupt.
+
+    The entry point prints only ``str(error)`` (no traceback), so the message alone must tell the
+    user what is wrong, what the data should look like and what to run when they have no data.
+    """
+
+    def __init__(
+        self,
+        problem: str,
+        *,
+        path: Optional[PathLike] = None,
+        layout: Optional[str] = None,
+        standin_config: Optional[str] = None,
+        hint: Optional[str] = None,
+    ) -> None:
+        self.problem = problem
+        self.path = None if path is None else os.fspath(path)
+        self.layout = layout
+        self.standin_config = standin_config
+        self.hint = hint
+        lines = [problem if self.path is None else f"{problem}: {self.path}"]
+        if hint:
+            lines.append(hint)
+        if layout:
+            lines += ["Expected layout:", _indent(layout.strip("\n"), "  ")]
+        if standin_config:
+            lines.append(
+                f"No data at hand? Run the offline stand-in instead: python run.py --config {standin_config}"
+            )
+        super().__init__("\n".join(lines))
+
+
+def _indent(text: str, prefix: str) -> str:
+    return "\n".join(prefix + line if line else line for line in text.splitlines())
+
+
+class EpochSeededRandomSampler(Sampler[int]):
+    """Draws ``num_samples`` distinct indices per epoch from a generator seeded with ``seed + epoch``.
+
+    Epochs see different samples yet a run is reproducible. Lightning calls ``set_epoch`` on a
+    single device; under DDP it wraps this sampler (DistributedSamplerWrapper) and never calls it,
+    so each ``__iter__`` also advances the epoch itself, identically on every rank.
+    """
+
+    def __init__(self, data_source: Sized, num_samples: int, seed: int = 0) -> None:
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        self.data_len = len(data_source)
+        self.num_samples = num_samples
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        self.epoch += 1
+        # Without replacement while num_samples <= len(data): each epoch a fresh random subset.
+        chunks = []
+        remaining = self.num_samples
+        while remaining > 0:
+            chunk = torch.randperm(self.data_len, generator=generator)[:remaining]
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        return iter(torch.cat(chunks).tolist())
+
+
+class BaseDataModule(L.LightningDataModule):
+    """Loader plumbing. Subclasses fill ``train_set``, ``val_set``, ``test_set`` (and optionally
+    ``predict_set``, else the test set is predicted) in ``setup``.
+
+    Args:
+        batch_size: samples per batch (per process under DDP).
+        num_workers: loader worker processes; workers persist across epochs when > 0.
+        pin_memory: pin host memory; ``None`` pins when CUDA is available.
+        eval_batch_size: batch size of the val/test/predict loaders; ``None`` uses ``batch_size``.
+    """
+
+    #: 2 or 3; set by subclasses (class attribute or in ``__init__``).
+    spatial_dims: int = 2
+    #: number of label values in the segmentation maps, background 0 included.
+    num_labels: int = 0
+
+    def __init__(
+        self,
+        batch_size: int = 8,
+        num_workers: int = 2,
+        pin_memory: Optional[bool] = None,
+        eval_batch_size: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
+        self.train_set: Optional[Dataset] = None
+        self.val_set: Optional[Dataset] = None
+        self.test_set: Optional[Dataset] = None
+        self.predict_set: Optional[Dataset] = None
+
+    # Hook: a sampler for the train set (e.g. a fixed number of random pairs per epoch); None = shuffle.
+    def train_sampler(self, dataset: Dataset) -> Optional[Sampler]:
+        return None
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self._require(self.train_set, "train")
+        sampler = self.train_sampler(dataset)
+        # Under DDP Lightning wraps the sampler (or replaces shuffling) with a distributed one.
+        return self._loader(dataset, self.batch_size, shuffle=sampler is None, sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader(self._require(self.val_set, "val"))
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader(self._require(self.test_set, "test"))
+
+    def predict_dataloader(self) -> DataLoader:
+        dataset = self.predict_set if self.predict_set is not None else self.test_set
+        return self._eval_loader(self._require(dataset, "predict"))
+
+    def _eval_loader(self, dataset: Dataset) -> DataLoader:
+        return self._loader(dataset, self.eval_batch_size, shuffle=False, sampler=self._eval_sampler(dataset))
+
+    @staticmethod
+    def _eval_sampler(dataset: Dataset) -> Optional[Sampler]:
+        """Under DDP: each sample on exactly one rank.
+
+        Lightning's default DistributedSampler pads the last rank with repeated samples, which biases
+        metrics averaged over the set; it keeps a DistributedSampler that the loader already has.
+        Ranks may then run one batch fewer than others, so per-step ``sync_dist`` logging must not be
+        used on these loaders (torchmetrics' epoch-end sync is fine).
+        """
+        if not (dist.is_available() and dist.is_initialized()):
+            return None
+        world_size = dist.get_world_size()
+        if world_size == 1:
+            return None
+        if len(dataset) < world_size:
+            # Unrepeated sampling would leave a rank without a batch, which can hang DDP.
+            warnings.warn(
+                f"Evaluation set of {len(dataset)} samples is smaller than the world size {world_size}: "
+                "using the padded DistributedSampler, some samples are counted twice.",
+                stacklevel=2,
+            )
+            return DistributedSampler(dataset, shuffle=False)
+        return UnrepeatedDistributedSampler(dataset, shuffle=False)
+
+    def _loader(
+        self, dataset: Dataset, batch_size: int, *, shuffle: bool, sampler: Optional[Sampler]
+    ) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle if sampler is None else False,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def _require(self, dataset: Optional[Dataset], split: str) -> Dataset:
+        if dataset is None:
+            raise RuntimeError(
+                f"{type(self).__name__} has no {split} set: call setup() first "
+                f"(the Trainer does), or the {split} split is empty."
+            )
+        return dataset
+
+
+# --------------------------------------------------------------------------------------------
+# Registration family: pairs of subjects -> {"moving", "fixed", "moving_seg", "fixed_seg"}
+# --------------------------------------------------------------------------------------------
+
+
+class InMemorySubjects:
+    """Subjects held as arrays: ``images`` (N, *spatial) float32, ``labels`` (N, *spatial) integer."""
+
+    def __init__(self, images, labels) -> None:
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} label maps")
+        self.images = images
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        return self.images[index], self.labels[index]
+
+
+class RegistrationPairDataset(Dataset):
+    """Ordered pairs ``(moving, fixed)`` of subject indices into ``subjects``.
+
+    ``subjects[i]`` returns ``(image, labels)`` as numpy arrays of shape ``spatial``; items are dicts
+    with ``moving``/``fixed`` float32 and ``moving_seg``/``fixed_seg`` int64, each (1, *spatial).
+    """
+
+    def __init__(self, subjects, pairs) -> None:
+        self.subjects = subjects
+        self.pairs = [(int(m), int(f)) for m, f in pairs]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        moving_index, fixed_index = self.pairs[index]
+        moving, moving_seg = self.subjects[moving_index]
+        fixed, fixed_seg = self.subjects[fixed_index]
+        return {
+            "moving": _as_tensor(moving, torch.float32),
+            "fixed": _as_tensor(fixed, torch.float32),
+            "moving_seg": _as_tensor(moving_seg, torch.int64),
+            "fixed_seg": _as_tensor(fixed_seg, torch.int64),
+        }
+
+
+def _as_tensor(array, dtype: torch.dtype) -> torch.Tensor:
+    # np.array copies: memory-mapped or shared arrays must not be handed out (read-only / aliasing).
+    numpy_dtype = np.float32 if dtype == torch.float32 else np.int64
+    return torch.from_numpy(np.array(array, dtype=numpy_dtype, copy=True))[None]

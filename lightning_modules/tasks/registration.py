@@ -1,0 +1,197 @@
+"""Unsupervised deformable registration (2D and 3D): the task family FNOReg, VoxelMorph and
+Fourier-Net share.
+
+Batches are dicts with ``fixed``, ``moving`` (B, 1, *spatial) float images and, for evaluation or the
+segmentation loss, ``fixed_seg``, ``moving_seg`` (B, 1, *spatial) integer label maps. A network maps
+``(moving, fixed)`` to a displacement in normalised grid units (see blocks/warp.py).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+from torchmetrics.aggregation import CatMetric
+
+from lightning_modules.blocks.warp import normalised_to_voxels, warp
+from lightning_modules.losses.registration import diffusion_regulariser, one_hot_labels, segmentation_dice_loss
+from lightning_modules.metrics.registration import dice_per_pair, folding_percent, std_log_jacobian
+from lightning_modules.tasks.base import BaseTask
+
+
+class RegistrationTask(BaseTask):
+    """Loss ``MSE(f, m o phi) + smooth_weight * L_smooth (+ seg_weight * L_dice on warped one-hot labels)``.
+
+    Args:
+        network: ``forward(moving, fixed) -> displacement`` (normalised units).
+        smooth_weight: lambda of the diffusion regulariser.
+        seg_weight: gamma of the auxiliary Dice loss on warped one-hot labels (FNOReg 3D); 0 disables it.
+        seg_num_classes: number of label values including background, needed when seg_weight > 0.
+        train_scale: resolution factor of training (0.5 = the paper's "0.5x" scenario: images are
+            resized before the network; validation and test always run at the data's full size).
+        figure_every_n_epochs: how often a validation figure goes to W&B and figures/ (0: never).
+    """
+
+    monitor = "val/dice"
+    monitor_mode = "max"
+
+    def __init__(self, network: nn.Module, smooth_weight: float = 0.01, seg_weight: float = 0.0,
+                 seg_num_classes: Optional[int] = None, train_scale: float = 1.0,
+                 figure_every_n_epochs: int = 1,
+                 optimizer: OptimizerCallable = torch.optim.Adam,
+                 lr_scheduler: Optional[LRSchedulerCallable] = None):
+        super().__init__(optimizer=optimizer, lr_scheduler=lr_scheduler)
+        if seg_weight > 0 and not seg_num_classes:
+            raise ValueError("seg_weight > 0 needs seg_num_classes (label values including background)")
+        if not 0 < train_scale <= 1:
+            raise ValueError(f"train_scale must be in (0, 1], got {train_scale}")
+        self.save_config_hyperparameters()
+        self.network = network
+        self.smooth_weight = smooth_weight
+        self.seg_weight = seg_weight
+        self.seg_num_classes = seg_num_classes
+        self.train_scale = train_scale
+        self.figure_every_n_epochs = figure_every_n_epochs
+        self.val_dice = CatMetric()
+        self.test_values = nn.ModuleDict({name: CatMetric() for name in
+                                          ("dice", "dice_before", "folding_percent", "sdlogj")})
+
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        return self.network(moving, fixed)
+
+    # -- training ---------------------------------------------------------------------------------
+    def _resize(self, image: torch.Tensor, labels: bool = False) -> torch.Tensor:
+        if self.train_scale == 1.0:
+            return image
+        size = [max(1, round(n * self.train_scale)) for n in image.shape[2:]]
+        if labels:
+            return F.interpolate(image.float(), size=size, mode="nearest").long()
+        mode = "bilinear" if image.ndim == 4 else "trilinear"
+        return F.interpolate(image, size=size, mode=mode, align_corners=False)
+
+    def losses(self, batch: dict, resize: bool = False) -> dict[str, torch.Tensor]:
+        fixed, moving = batch["fixed"], batch["moving"]
+        if resize:
+            fixed, moving = self._resize(fixed), self._resize(moving)
+        displacement = self(moving, fixed)
+        warped = warp(moving, displacement)
+        out = {"similarity": F.mse_loss(warped, fixed), "smoothness": diffusion_regulariser(displacement)}
+        out["loss"] = out["similarity"] + self.smooth_weight * out["smoothness"]
+        if self.seg_weight > 0:
+            fixed_seg, moving_seg = batch["fixed_seg"], batch["moving_seg"]
+            if resize:
+                fixed_seg, moving_seg = self._resize(fixed_seg, True), self._resize(moving_seg, True)
+            warped_onehot = warp(one_hot_labels(moving_seg, self.seg_num_classes), displacement)
+            out["segmentation"] = segmentation_dice_loss(warped_onehot, one_hot_labels(fixed_seg, self.seg_num_classes))
+            out["loss"] = out["loss"] + self.seg_weight * out["segmentation"]
+        out["displacement"] = displacement
+        out["warped"] = warped
+        return out
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        out = self.losses(batch, resize=True)
+        batch_size = batch["fixed"].shape[0]
+        self.log("train/loss", out["loss"], prog_bar=True, batch_size=batch_size)
+        for name in ("similarity", "smoothness", "segmentation"):
+            if name in out:
+                self.log(f"train/{name}", out[name], batch_size=batch_size)
+        return out["loss"]
+
+    # -- evaluation -------------------------------------------------------------------------------
+    def _warp_labels(self, labels: torch.Tensor, displacement: torch.Tensor) -> torch.Tensor:
+        return warp(labels.float(), displacement, mode="nearest").round().long()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        out = self.losses(batch)
+        self.log("val/loss", out["loss"], sync_dist=True, batch_size=batch["fixed"].shape[0])
+        warped_seg = self._warp_labels(batch["moving_seg"], out["displacement"])
+        self.val_dice.update(dice_per_pair(warped_seg, batch["fixed_seg"]))
+        if batch_idx == 0 and self._figure_due():
+            self.log_figure(f"val/registration_epoch{self.current_epoch:03d}", registration_figure(batch, out))
+
+    def on_validation_epoch_end(self) -> None:
+        values = self.val_dice.compute()
+        self.log("val/dice", torch.nanmean(values) if values.numel() else torch.tensor(0.0))
+        self.val_dice.reset()
+
+    def _figure_due(self) -> bool:
+        return (self.figure_every_n_epochs > 0 and not self.trainer.sanity_checking
+                and self.current_epoch % self.figure_every_n_epochs == 0)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        out = self.losses(batch)
+        displacement = out["displacement"]
+        warped_seg = self._warp_labels(batch["moving_seg"], displacement)
+        self.test_values["dice"].update(dice_per_pair(warped_seg, batch["fixed_seg"]))
+        self.test_values["dice_before"].update(dice_per_pair(batch["moving_seg"], batch["fixed_seg"]))
+        self.test_values["folding_percent"].update(folding_percent(displacement))
+        self.test_values["sdlogj"].update(std_log_jacobian(displacement))
+        self.log("test/loss", out["loss"], sync_dist=True, batch_size=batch["fixed"].shape[0])
+        if batch_idx == 0:
+            self.log_figure("test/registration", registration_figure(batch, out))
+
+    def on_test_epoch_end(self) -> None:
+        # CatMetric gathers every pair from every process: mean and std are over pairs, as in the papers.
+        for name, metric in self.test_values.items():
+            values = metric.compute().float()
+            self.log(f"test/{name}", torch.nanmean(values))
+            self.log(f"test/{name}_std", _nanstd(values))
+            metric.reset()
+        self.log("test/num_pairs", float(values.numel()))
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        displacement = self(batch["moving"], batch["fixed"])
+        return {"displacement": displacement, "warped": warp(batch["moving"], displacement)}
+
+
+def _nanstd(values: torch.Tensor) -> torch.Tensor:
+    values = values[~torch.isnan(values)]
+    return values.std() if values.numel() > 1 else torch.tensor(0.0, device=values.device)
+
+
+def _middle_slice(volume: torch.Tensor) -> np.ndarray:
+    """First sample of a (B, C, *spatial) tensor as a 2D array (the middle slice of the last axis in 3D)."""
+    array = volume[0].detach().float().cpu()
+    if array.ndim == 4:
+        array = array[..., array.shape[-1] // 2]
+    return array.numpy()
+
+
+def registration_figure(batch: dict, out: dict):
+    """The paper's Fig. 4 panels for one pair: fixed, moving, warped, deformation grid, |DFT| of the field."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fixed, moving, warped = (_middle_slice(batch["fixed"])[0], _middle_slice(batch["moving"])[0],
+                             _middle_slice(out["warped"])[0])
+    field = _middle_slice(normalised_to_voxels(out["displacement"].detach().float()))[:2]
+    figure, axes = plt.subplots(1, 5, figsize=(17, 3.6))
+    for ax, image, title in zip(axes, (fixed, moving, warped), ("fixed", "moving", "warped")):
+        ax.imshow(image, cmap="gray")
+        ax.set_title(title)
+    h, w = field.shape[1:]
+    step = max(2, min(h, w) // 24)
+    rows, cols = np.mgrid[0:h, 0:w].astype(np.float32)
+    y, x = rows + field[0], cols + field[1]
+    grid_ax = axes[3]
+    for i in range(0, h, step):
+        grid_ax.plot(x[i], y[i], "k-", linewidth=0.6)
+    for j in range(0, w, step):
+        grid_ax.plot(x[:, j], y[:, j], "k-", linewidth=0.6)
+    grid_ax.set_xlim(0, w - 1)
+    grid_ax.set_ylim(h - 1, 0)
+    grid_ax.set_aspect("equal")
+    grid_ax.set_title("deformation grid")
+    spectrum = sum(np.abs(np.fft.fftshift(np.fft.fft2(channel))) for channel in field)
+    axes[4].imshow(np.log1p(spectrum), cmap="viridis")
+    axes[4].set_title("log |DFT| of the field")
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    figure.tight_layout()
+    return figure

@@ -1,0 +1,139 @@
+#!/usr/bin/env python
+"""Entry point: LightningCLI over every paper's LightningModule and LightningDataModule.
+
+    python run.py --config experiments/fnoreg_demo.yaml          # fit, then test the best checkpoint
+    python run.py fit --config X.yaml --trainer.max_epochs 5      # the usual subcommands also work
+    python run.py test --config X.yaml --ckpt_path runs/X/<id>/checkpoints/best.ckpt
+
+Each run gets one folder, runs/<experiment>/<run id>/, holding the resolved config, checkpoints,
+metrics.csv, the W&B run (offline without a key or network), figures/ and results.json. The run id
+is --run_id, else SLURM_JOB_ID (so a requeued job finds its checkpoints again), else a time stamp.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+
+from datamodules.base import DatasetError
+
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+RUN_ID_ENV = "PAPERBENCH_RUN_ID"  # inherited by the processes DDP launches, so all ranks share a folder
+
+
+def wandb_offline() -> bool:
+    """Offline unless the user has a key (env or ~/.netrc) and has not forced a mode."""
+    mode = os.environ.get("WANDB_MODE", "").lower()
+    if mode:
+        return mode in ("offline", "dryrun", "disabled")
+    netrc = Path.home() / ".netrc"
+    has_key = bool(os.environ.get("WANDB_API_KEY")) or (netrc.is_file() and "api.wandb.ai" in netrc.read_text())
+    return not has_key
+
+
+class ExperimentCLI(LightningCLI):
+    def __init__(self, *args: Any, fit_then_test: bool = False, **kwargs: Any):
+        self.fit_then_test = fit_then_test
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})  # a requeued job rewrites the same config
+        super().__init__(LightningModule, LightningDataModule, *args, subclass_mode_model=True,
+                         subclass_mode_data=True, **kwargs)
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--experiment", type=Optional[str], default=None,
+                            help="Run folder group; default: the first --config file's name.")
+        parser.add_argument("--run_id", type=Optional[str], default=None,
+                            help="Run folder name; default: SLURM_JOB_ID, else a time stamp.")
+        parser.add_argument("--runs_dir", type=str, default="runs", help="Where run folders are made.")
+        parser.add_argument("--wandb_project", type=str, default="paperbench", help="W&B project.")
+        parser.add_argument("--paper", type=Optional[dict], default=None,
+                            help="The paper's reference numbers for this setting (documentation only).")
+
+    # -- the run folder -----------------------------------------------------------------------------
+    def _run_config(self):
+        return self.config[self.subcommand] if self.subcommand else self.config
+
+    def _resolve_run_dir(self) -> tuple[str, str, str]:
+        cfg = self._run_config()
+        experiment = cfg.get("experiment")
+        if not experiment:
+            configs = cfg.get("config") or []
+            experiment = Path(str(configs[0])).stem if configs else "default"
+        run_id = (cfg.get("run_id") or os.environ.get(RUN_ID_ENV) or os.environ.get("SLURM_JOB_ID")
+                  or time.strftime("%Y%m%d-%H%M%S"))
+        if os.environ.get("SLURM_ARRAY_TASK_ID") and run_id == os.environ.get("SLURM_JOB_ID"):
+            run_id = f"{run_id}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+        os.environ[RUN_ID_ENV] = run_id
+        return experiment, run_id, os.path.join(cfg.get("runs_dir") or "runs", experiment, run_id)
+
+    def instantiate_trainer(self, **kwargs: Any):
+        experiment, run_id, run_dir = self._resolve_run_dir()
+        self.run_dir = run_dir
+        trainer_cfg = self._get(self.config_init, "trainer", default={})
+        logger = trainer_cfg.get("logger")
+        if logger is None or logger is True:
+            logger = [
+                CSVLogger(save_dir=run_dir, name="", version=""),
+                WandbLogger(save_dir=run_dir, project=self._run_config().get("wandb_project"),
+                            name=f"{experiment}/{run_id}", id=f"{experiment}-{run_id}".replace("/", "-"),
+                            offline=wandb_offline(), resume="allow"),
+            ]
+        callbacks = list(trainer_cfg.get("callbacks") or [])
+        if trainer_cfg.get("enable_checkpointing", True) is not False and not any(
+                isinstance(c, ModelCheckpoint) for c in callbacks):
+            callbacks.append(ModelCheckpoint(
+                dirpath=os.path.join(run_dir, "checkpoints"), filename="best", save_last=True,
+                monitor=getattr(self.model, "monitor", None), mode=getattr(self.model, "monitor_mode", "min")))
+        kwargs.update(default_root_dir=run_dir, logger=logger, callbacks=callbacks)
+        return super().instantiate_trainer(**kwargs)
+
+    # -- fit, then test -------------------------------------------------------------------------------
+    def after_fit(self) -> None:
+        if not self.fit_then_test or self.trainer.interrupted:
+            return
+        checkpoint = self.trainer.checkpoint_callback
+        ckpt_path = "best" if checkpoint is not None and checkpoint.best_model_path else None
+        if ckpt_path is None and checkpoint is not None and checkpoint.last_model_path:
+            ckpt_path = checkpoint.last_model_path
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path)
+        self.after_test()
+
+    def after_test(self) -> None:
+        self._write_results()
+
+    @rank_zero_only
+    def _write_results(self) -> None:
+        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("test/")}
+        results = {"experiment": Path(self.run_dir).parent.name, "run_dir": self.run_dir,
+                   "ckpt_path": self.trainer.ckpt_path, "metrics": metrics,
+                   "paper": self._run_config().get("paper")}
+        results.update(metrics)  # flat keys too: results["test/dice"]
+        path = os.path.join(self.run_dir, "results.json")
+        os.makedirs(self.run_dir, exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(results, f, indent=2, default=str)
+        rank_zero_info(f"Test metrics written to {path}")
+
+
+def main(argv: Optional[list[str]] = None) -> ExperimentCLI:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    fit_then_test = not argv or argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help")
+    if fit_then_test:
+        argv = ["fit", *argv]
+    try:
+        return ExperimentCLI(args=argv, fit_then_test=fit_then_test)
+    except DatasetError as error:
+        sys.stderr.write(f"\nerror: {error}\n")
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""End to end through run.py: fit+test, run folder contents, bf16, resume, DDP, missing data."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import run
+from lightning_modules.tasks.registration import RegistrationTask
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = str(ROOT / "experiments" / "fnoreg_demo.yaml")
+FAST = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1",
+        "--trainer.limit_test_batches", "2", "--trainer.log_every_n_steps", "1", "--data.num_workers", "0",
+        "--data.train_pairs_per_epoch", "24", "--trainer.enable_progress_bar", "false"]
+
+
+def _run(tmp_path, *extra, run_id="t"):
+    return run.main(["--config", DEMO, *FAST, "--runs_dir", str(tmp_path), "--run_id", run_id, *extra])
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("runs")
+    cli = _run(tmp)
+    return cli, tmp / "fnoreg_demo" / "t"
+
+
+def test_fit_then_test_leaves_a_complete_run_folder(demo_run):
+    _, run_dir = demo_run
+    results = json.loads((run_dir / "results.json").read_text())
+    for key in ("test/dice", "test/dice_before", "test/folding_percent", "test/sdlogj"):
+        assert key in results and results[key] == results["metrics"][key]
+    assert 0.0 <= results["test/dice"] <= 1.0
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["model"]["init_args"]["network"]["class_path"] == "lightning_modules.fnoreg.FNOReg"
+    assert config["trainer"]["max_epochs"] == 1  # the CLI override is in the resolved config
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert "train/loss" in (run_dir / "metrics.csv").read_text().splitlines()[0]
+    assert list((run_dir / "wandb").glob("offline-run-*")), "an offline W&B run is written"
+    assert (run_dir / "figures" / "test_registration.png").stat().st_size > 10_000
+
+
+def test_checkpoint_reloads_without_the_cli(demo_run):
+    cli, run_dir = demo_run
+    model = RegistrationTask.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", map_location="cpu")
+    assert type(model.network).__name__ == "FNOReg"
+    moving, fixed = torch.rand(1, 1, 80, 96), torch.rand(1, 1, 80, 96)
+    cli.model.eval(), model.eval()
+    assert torch.allclose(cli.model(moving, fixed), model(moving, fixed), atol=1e-5)
+
+
+def test_resume_from_last_checkpoint(tmp_path):
+    _run(tmp_path, run_id="r")
+    cli = run.main(["fit", "--config", DEMO, *FAST, "--trainer.max_epochs", "2", "--runs_dir", str(tmp_path),
+                    "--run_id", "r", "--ckpt_path", "last"])
+    assert cli.trainer.current_epoch == 2
+    assert cli.trainer.global_step == 6  # 3 steps restored + 3 new ones
+
+
+def test_bf16_mixed_precision_on_cpu(tmp_path):
+    cli = _run(tmp_path, "--trainer.precision", "bf16-mixed", "--model.figure_every_n_epochs", "0")
+    results = json.loads((tmp_path / "fnoreg_demo" / "t" / "results.json").read_text())
+    assert cli.trainer.precision == "bf16-mixed"
+    assert all(torch.isfinite(torch.tensor(v)) for k, v in results["metrics"].items() if not k.endswith("_std"))
+
+
+def test_missing_data_ends_with_one_clear_message(tmp_path):
+    proc = subprocess.run([sys.executable, "run.py", "--config", "experiments/fnoreg_oasis2d_small.yaml",
+                           "--data.data_dir", "/nowhere", "--runs_dir", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "/nowhere" in proc.stderr and "subjects.txt" in proc.stderr
+    assert "experiments/fnoreg_demo.yaml" in proc.stderr
+
+
+def test_ddp_two_cpu_processes_count_each_test_pair_once(tmp_path):
+    env = dict(os.environ, WANDB_MODE="offline", PYTHONPATH=str(ROOT))
+    env.pop(run.RUN_ID_ENV, None)
+    cmd = [sys.executable, "run.py", "--config", DEMO, "--config", "experiments/trainer/ddp_cpu.yaml", *FAST,
+           "--trainer.limit_test_batches", "1.0", "--data.batch_size", "4", "--runs_dir", str(tmp_path),
+           "--run_id", "ddp"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "fnoreg_demo" / "ddp" / "results.json").read_text())
+    single = run.main(["test", "--config", DEMO, "--data.num_workers", "0", "--runs_dir", str(tmp_path),
+                       "--run_id", "single", "--trainer.logger", "false"])
+    expected = len(single.datamodule.test_set)
+    assert results["test/num_pairs"] == expected  # DistributedSampler padding would duplicate pairs
