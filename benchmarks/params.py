@@ -20,18 +20,15 @@ from lightning.pytorch import LightningModule
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from lightning_modules.utils import count_parameters  # noqa: E402
+
 
 def build_model(model_config: dict) -> LightningModule:
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(LightningModule, "model", fail_untyped=False)
     config = parser.parse_object({"model": model_config})
     with torch.device("meta"):
-        return parser.instantiate_classes(config).model
-
-
-def count_parameters(module: torch.nn.Module) -> int:
-    """The FNOReg code's rule: numel of trainable parameters (a complex weight counts twice)."""
-    return sum(p.numel() * (2 if p.is_complex() else 1) for p in module.parameters() if p.requires_grad)
+        return parser.instantiate(config).model
 
 
 def row(path: Path) -> str:

@@ -162,6 +162,3 @@ def _paper_config(config: str) -> dict:
     return dict(PAPER_CONFIGS[config])
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Trainable parameter count as the paper's code counts it (complex values count twice)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -25,7 +25,6 @@ __all__ = [
     "VoxelMorph",
     "VoxelMorphHuge",
     "VoxelMorphLarge",
-    "count_parameters",
     "init_small_output",
     "pad_to_multiple",
     "voxels_to_normalised",
@@ -39,9 +38,6 @@ VXM_HUGE_ENCODER = (14, 28, 144, 320)
 VXM_HUGE_DECODER = (1152, 1152, 320, 144, 28, 14, 14)
 
 
-def count_parameters(module: nn.Module) -> int:
-    """Trainable parameter count, the rule of FNOReg's ``utils.count_parameters``."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[slice, ...]]:

@@ -8,7 +8,8 @@ from torch import nn
 
 from lightning_modules.blocks.spectral import FFCResNetBlock, SpectralConv, STResNetBlock
 from lightning_modules.blocks.spectral import _LegacySpectralConv
-from lightning_modules.fnoreg import FNO, PAPER_CONFIGS, FNOReg, build_fno, build_fnoreg, count_parameters
+from lightning_modules.fnoreg import FNO, PAPER_CONFIGS, FNOReg, build_fno, build_fnoreg
+from lightning_modules.utils import count_parameters
 
 # Exact counts from the spec card (built with neuralop 0.2.0); the paper rounds them to 0.1M.
 FNOREG_PARAMS = {"small": 1_266_546, "medium": 10_005_858, "large": 22_772_898, "3d": 98_132_295}

@@ -7,12 +7,8 @@ import pytest
 import torch
 
 from lightning_modules.fouriernet import FourierNet, band_limited_to_full
-from lightning_modules.voxelmorph import (
-    VoxelMorph,
-    VoxelMorphHuge,
-    VoxelMorphLarge,
-    count_parameters,
-)
+from lightning_modules.utils import count_parameters
+from lightning_modules.voxelmorph import VoxelMorph, VoxelMorphHuge, VoxelMorphLarge
 
 MODELS_2D = {
     "voxelmorph": lambda: VoxelMorph(spatial_dims=2),
