@@ -124,12 +124,15 @@ class ExperimentCLI(LightningCLI):
 
 
 def main(argv: Optional[list[str]] = None) -> ExperimentCLI:
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     fit_then_test = not argv or argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help")
     if fit_then_test:
         argv = ["fit", *argv]
+    if from_command_line:  # LightningCLI reads sys.argv itself (and warns when given both)
+        sys.argv[1:] = argv
     try:
-        return ExperimentCLI(args=argv, fit_then_test=fit_then_test)
+        return ExperimentCLI(args=None if from_command_line else argv, fit_then_test=fit_then_test)
     except DatasetError as error:
         sys.stderr.write(f"\nerror: {error}\n")
         raise SystemExit(2) from None

@@ -118,7 +118,7 @@ class RegistrationTask(BaseTask):
         self.val_dice.reset()
 
     def _figure_due(self) -> bool:
-        return (self.figure_every_n_epochs > 0 and not self.trainer.sanity_checking
+        return (self.figure_every_n_epochs > 0 and not self.trainer.sanity_checking and self.trainer.is_global_zero
                 and self.current_epoch % self.figure_every_n_epochs == 0)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
@@ -130,7 +130,7 @@ class RegistrationTask(BaseTask):
         self.test_values["folding_percent"].update(folding_percent(displacement))
         self.test_values["sdlogj"].update(std_log_jacobian(displacement))
         self.log("test/loss", out["loss"], sync_dist=True, batch_size=batch["fixed"].shape[0])
-        if batch_idx == 0:
+        if batch_idx == 0 and self.trainer.is_global_zero:
             self.log_figure("test/registration", registration_figure(batch, out))
 
     def on_test_epoch_end(self) -> None:
