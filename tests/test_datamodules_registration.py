@@ -11,6 +11,7 @@ import torch
 from datamodules.base import BaseDataModule, DatasetError, EpochSeededRandomSampler
 from datamodules.oasis import OASIS2DDataModule, OASIS3DDataModule, oasis_pairs, resolve_split_sizes
 from datamodules.standins.mni152 import MNI152RegistrationDataModule
+from tests.conftest import write_oasis_tree
 
 STANDIN = "experiments/fnoreg_demo.yaml"
 NUM_SUBJECTS = 10
@@ -22,29 +23,10 @@ KEYS = {"fixed", "moving", "fixed_seg", "moving_seg"}
 # ---------------------------------------------------------------- fixture in the neurite-oasis layout
 
 
-def _save_nifti(path: Path, array: np.ndarray) -> None:
-    nib.save(nib.Nifti1Image(array, np.eye(4)), str(path))
-
-
 @pytest.fixture(scope="module")
 def oasis_root(tmp_path_factory) -> tuple[Path, list[str], dict]:
     root = tmp_path_factory.mktemp("neurite-oasis")
-    rng = np.random.default_rng(0)
-    names = [f"OASIS_OAS1_{i + 1:04d}_MR1" for i in range(NUM_SUBJECTS)]
-    arrays = {}
-    for name in names:
-        folder = root / name
-        folder.mkdir()
-        slice_img = rng.random((*SHAPE_2D, 1), dtype=np.float32)
-        slice_seg = rng.integers(0, 25, (*SHAPE_2D, 1)).astype(np.uint8)
-        vol_img = rng.random(SHAPE_3D, dtype=np.float32)
-        vol_seg = rng.integers(0, 36, SHAPE_3D).astype(np.uint8)
-        _save_nifti(folder / "slice_norm.nii.gz", slice_img)
-        _save_nifti(folder / "slice_seg24.nii.gz", slice_seg)
-        _save_nifti(folder / "aligned_norm.nii.gz", vol_img)
-        _save_nifti(folder / "aligned_seg35.nii.gz", vol_seg)
-        arrays[name] = (slice_img[..., 0], slice_seg[..., 0], vol_img, vol_seg)
-    (root / "subjects.txt").write_text("\n".join(names) + "\n")
+    names, arrays = write_oasis_tree(root, NUM_SUBJECTS, SHAPE_2D, SHAPE_3D)
     return root, names, arrays
 
 

@@ -11,6 +11,7 @@ import yaml
 
 import run
 from lightning_modules.tasks.registration import RegistrationTask
+from tests.conftest import write_oasis_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "experiments" / "fnoreg_demo.yaml")
@@ -130,3 +131,16 @@ def test_3d_demo_runs_with_the_segmentation_loss(tmp_path):
     assert cli.model.seg_weight == 0.01
     assert _metric_column(tmp_path / "fnoreg_demo3d" / "d3" / "metrics.csv", "train/segmentation")
     assert 0.0 <= results["test/dice"] <= 1.0 and results["test/folding_percent"] >= 0.0
+
+
+def test_oasis_config_runs_on_the_real_layout_at_half_resolution(tmp_path):
+    """The paper's 0.5x config on a tiny tree in the neurite-oasis layout: train at 80x96, test at 160x192."""
+    write_oasis_tree(tmp_path / "oasis", 8)
+    cli = run.main(["--config", str(ROOT / "experiments" / "fnoreg_oasis2d_small_half.yaml"),
+                    "--data.data_dir", str(tmp_path / "oasis"), "--data.batch_size", "2", "--data.num_workers", "0",
+                    "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+                    "--trainer.limit_test_batches", "1", "--trainer.enable_progress_bar", "false",
+                    "--trainer.logger", "false", "--runs_dir", str(tmp_path / "runs"), "--run_id", "oasis"])
+    assert cli.model.train_scale == 0.5 and cli.datamodule.train_set[0]["fixed"].shape == (1, 160, 192)
+    results = json.loads((tmp_path / "runs" / "fnoreg_oasis2d_small_half" / "oasis" / "results.json").read_text())
+    assert results["paper"]["test/dice"] == 0.751 and 0.0 <= results["test/dice"] <= 1.0
