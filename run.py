@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -124,15 +125,15 @@ class ExperimentCLI(LightningCLI):
 
 
 def main(argv: Optional[list[str]] = None) -> ExperimentCLI:
-    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     fit_then_test = not argv or argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help")
     if fit_then_test:
         argv = ["fit", *argv]
-    if from_command_line:  # LightningCLI reads sys.argv itself (and warns when given both)
-        sys.argv[1:] = argv
+    # sys.argv stays as the user typed it: DDP relaunches this script with it on every rank, and
+    # each rank must reach the same decision (fit, then test). LightningCLI warns about args + argv.
+    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
     try:
-        return ExperimentCLI(args=None if from_command_line else argv, fit_then_test=fit_then_test)
+        return ExperimentCLI(args=argv, fit_then_test=fit_then_test)
     except DatasetError as error:
         sys.stderr.write(f"\nerror: {error}\n")
         raise SystemExit(2) from None

@@ -34,12 +34,14 @@ MODELS = {  # name: (class path, init args) ; the papers' configurations
     "vxm_huge": ("lightning_modules.voxelmorph.VoxelMorphHuge", {}),
     "fouriernet16": ("lightning_modules.fouriernet.FourierNet", dict(start_channels=16)),
     "fouriernet32": ("lightning_modules.fouriernet.FourierNet", dict(start_channels=32)),
+    "transmorph": ("lightning_modules.transmorph.TransMorph", {}),
 }
 MODELS_3D = {
     "fnoreg": ("lightning_modules.fnoreg.FNOReg", dict(hidden_channels=12, n_layers=15, n_modes=(40, 48, 56), projection_channels=24)),
     "voxelmorph": ("lightning_modules.voxelmorph.VoxelMorph", {}),
     "vxm_large": ("lightning_modules.voxelmorph.VoxelMorphLarge", {}),
     "fouriernet16": ("lightning_modules.fouriernet.FourierNet", dict(start_channels=16)),
+    "transmorph": ("lightning_modules.transmorph.TransMorph", {}),
 }
 SIZES = {2: {"1x": (160, 192), "0.5x": (80, 96)}, 3: {"1x": (160, 192, 224), "0.5x": (80, 96, 112)}}
 
