@@ -173,3 +173,22 @@ def test_ffc_fourier_unit_transforms_only_h_by_default():
     with torch.no_grad():
         torch.testing.assert_close(h_only(x[..., perm]), h_only(x)[..., perm])
         assert not torch.allclose(both(x[..., perm]), both(x)[..., perm], atol=1e-4)
+
+
+def test_spectral_conv_inference_cache_matches_and_follows_weight_updates():
+    from lightning_modules.blocks.spectral import SpectralConv
+
+    torch.manual_seed(0)
+    conv = SpectralConv(4, 4, (8, 10))
+    x = torch.randn(2, 4, 16, 20)
+    with torch.no_grad():
+        cached = conv(x)
+        assert conv._dense_cache is not None
+    assert torch.allclose(cached, conv(x).detach(), atol=1e-5)  # grad mode: rebuilt from the factors
+    optimizer = torch.optim.SGD(conv.parameters(), lr=0.5)
+    conv(x).square().mean().backward()
+    optimizer.step()
+    with torch.no_grad():
+        after_step = conv(x)
+    assert not torch.allclose(after_step, cached, atol=1e-4)
+    assert torch.allclose(after_step, conv(x).detach(), atol=1e-5)
