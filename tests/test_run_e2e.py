@@ -115,7 +115,7 @@ def test_short_training_learns_and_beats_the_identity_warp(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config, margin", [("fnoreg_demo.yaml", 0.03), ("fnoreg_demo3d.yaml", 0.005)])
+@pytest.mark.parametrize("config, margin", [("fnoreg_demo.yaml", 0.03), ("fnoreg_demo3d.yaml", 0.015)])
 def test_demo_reaches_its_documented_dice(tmp_path, config, margin):
     run.main(["--config", str(ROOT / "experiments" / config), "--runs_dir", str(tmp_path), "--run_id", "demo",
               "--trainer.enable_progress_bar", "false"])
