@@ -144,3 +144,12 @@ def test_oasis_config_runs_on_the_real_layout_at_half_resolution(tmp_path):
     assert cli.model.train_scale == 0.5 and cli.datamodule.train_set[0]["fixed"].shape == (1, 160, 192)
     results = json.loads((tmp_path / "runs" / "fnoreg_oasis2d_small_half" / "oasis" / "results.json").read_text())
     assert results["paper"]["test/dice"] == 0.751 and 0.0 <= results["test/dice"] <= 1.0
+
+
+def test_test_subcommand_with_ckpt_path_reproduces_the_run(demo_run, tmp_path):
+    _, run_dir = demo_run
+    results = json.loads((run_dir / "results.json").read_text())
+    run.main(["test", "--config", DEMO, *FAST, "--ckpt_path", results["ckpt_path"], "--runs_dir", str(tmp_path),
+              "--run_id", "again", "--trainer.logger", "false"])
+    again = json.loads((tmp_path / "fnoreg_demo" / "again" / "results.json").read_text())
+    assert again["test/dice"] == pytest.approx(results["test/dice"], abs=1e-6)
