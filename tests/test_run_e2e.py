@@ -153,3 +153,28 @@ def test_test_subcommand_with_ckpt_path_reproduces_the_run(demo_run, tmp_path):
               "--run_id", "again", "--trainer.logger", "false"])
     again = json.loads((tmp_path / "fnoreg_demo" / "again" / "results.json").read_text())
     assert again["test/dice"] == pytest.approx(results["test/dice"], abs=1e-6)
+
+
+SLURM_ENV = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "paperbench", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1",
+             "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost"}
+
+
+def test_slurm_requeue_resumes_from_the_hpc_checkpoint(tmp_path, monkeypatch):
+    """Under SLURM the run folder is the job id; a requeued job (same id) resumes from hpc_ckpt_N.ckpt,
+    which Lightning's SLURM signal handler writes there before requeueing."""
+    import shutil
+
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    for key, value in SLURM_ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv(run.RUN_ID_ENV, raising=False)
+    args = ["fit", "--config", DEMO, *FAST, "--runs_dir", str(tmp_path)]
+    first = run.main(args)
+    run_dir = tmp_path / "fnoreg_demo" / "4242"
+    assert SLURMEnvironment.detect()
+    assert Path(first.trainer.default_root_dir) == run_dir
+    shutil.copy(run_dir / "checkpoints" / "last.ckpt", run_dir / "hpc_ckpt_1.ckpt")  # what SIGUSR1 leaves
+    monkeypatch.delenv(run.RUN_ID_ENV, raising=False)
+    requeued = run.main([*args, "--trainer.max_epochs", "2"])
+    assert requeued.trainer.global_step == 6  # 3 restored + 3 new
