@@ -11,6 +11,7 @@ is --run_id, else SLURM_JOB_ID (so a requeued job finds its checkpoints again), 
 """
 from __future__ import annotations
 
+import csv
 import json
 import os
 import sys
@@ -23,6 +24,8 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from datamodules.base import DatasetError
@@ -39,6 +42,28 @@ def wandb_offline() -> bool:
     netrc = Path.home() / ".netrc"
     has_key = bool(os.environ.get("WANDB_API_KEY")) or (netrc.is_file() and "api.wandb.ai" in netrc.read_text())
     return not has_key
+
+
+class _AppendingCSVWriter(ExperimentWriter):
+    """Appends to the run folder's metrics.csv: Lightning's writer deletes it, which would erase the history
+    of a resumed run or of a requeued SLURM job."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                self.metrics_keys = next(csv.reader(file), [])
+
+
+class RunCSVLogger(CSVLogger):
+    """CSVLogger whose metrics.csv survives a resume (same run folder): new rows are appended."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingCSVWriter(log_dir=self.log_dir)
+        return self._experiment
 
 
 class ExperimentCLI(LightningCLI):
@@ -82,7 +107,7 @@ class ExperimentCLI(LightningCLI):
         logger = trainer_cfg.get("logger")
         if logger is None or logger is True:
             logger = [
-                CSVLogger(save_dir=run_dir, name="", version=""),
+                RunCSVLogger(save_dir=run_dir, name="", version=""),
                 WandbLogger(save_dir=run_dir, project=self._run_config().get("wandb_project"),
                             name=f"{experiment}/{run_id}", id=f"{experiment}-{run_id}".replace("/", "-"),
                             offline=wandb_offline(), resume="allow"),

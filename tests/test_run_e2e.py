@@ -1,4 +1,5 @@
 """End to end through run.py: fit+test, run folder contents, bf16, resume, DDP, missing data."""
+import csv
 import json
 import os
 import subprocess
@@ -178,3 +179,5 @@ def test_slurm_requeue_resumes_from_the_hpc_checkpoint(tmp_path, monkeypatch):
     monkeypatch.delenv(run.RUN_ID_ENV, raising=False)
     requeued = run.main([*args, "--trainer.max_epochs", "2"])
     assert requeued.trainer.global_step == 6  # 3 restored + 3 new
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    assert {row["epoch"] for row in rows if row.get("train/loss")} == {"0", "1"}, "the first attempt's rows are kept"
