@@ -1,0 +1,114 @@
+"""SFRSeg-Net: IEWA-DWT against PyWavelets, the pooling switch, network shapes/parameters/gradients."""
+import numpy as np
+import pytest
+import pywt
+import torch
+
+from lightning_modules.blocks.wavelet import (POOLINGS, HaarDWT, IEWADWTPool, MixedPool, StochasticPool,
+                                              make_pool)
+from lightning_modules.sfrseg_net import SFRSegNet
+from lightning_modules.utils import count_parameters
+
+
+# -- wavelet pooling against the reference library --------------------------------------------------------
+def test_haar_dwt_equals_pywavelets_dwt2():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 10, 14))
+    bands = HaarDWT()(torch.tensor(x, dtype=torch.float64)).numpy()
+    for b in range(2):
+        for c in range(3):
+            approx, (horizontal, vertical, diagonal) = pywt.dwt2(x[b, c], "haar")
+            for index, reference in enumerate((approx, horizontal, vertical, diagonal)):
+                np.testing.assert_allclose(bands[b, index, c], reference, atol=1e-12)
+
+
+def test_iewa_dwt_is_ll_plus_lh_plus_hl_of_pywavelets():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 4, 16, 12))
+    out = IEWADWTPool()(torch.tensor(x, dtype=torch.float64)).numpy()
+    assert out.shape == (2, 4, 8, 6)
+    for b in range(2):
+        for c in range(4):
+            approx, (horizontal, vertical, _) = pywt.dwt2(x[b, c], "haar")
+            np.testing.assert_allclose(out[b, c], approx + horizontal + vertical, atol=1e-12)
+    # The card's closed form: a depthwise 2x2 stride-2 kernel [[3, 1], [1, -1]] / 2.
+    torch.testing.assert_close(IEWADWTPool().kernels[0, 0], torch.tensor([[1.5, 0.5], [0.5, -0.5]]))
+
+
+def test_iewa_dwt_concat_and_band_variants():
+    x = torch.randn(1, 2, 8, 8, dtype=torch.float64)
+    bands = HaarDWT()(x)  # (1, 4, 2, 4, 4)
+    concat = IEWADWTPool(combine="concat")(x)
+    assert concat.shape == (1, 6, 4, 4)
+    torch.testing.assert_close(concat[0, :3], bands[0, :3, 0])  # channel 0's LL, LH, HL adjacent
+    torch.testing.assert_close(IEWADWTPool(bands=("LL",))(x), bands[:, 0])
+    torch.testing.assert_close(IEWADWTPool(bands=("LL", "LH", "HL", "HH"))(x), bands.sum(1))
+    with pytest.raises(ValueError):
+        IEWADWTPool(bands=("XX",))
+
+
+def test_odd_sizes_are_reflect_padded():
+    x = torch.randn(1, 1, 7, 9)
+    assert IEWADWTPool()(x).shape == (1, 1, 4, 5)
+
+
+def test_mixed_and_stochastic_pooling():
+    x = torch.rand(2, 3, 8, 8)
+    mixed = MixedPool().eval()
+    torch.testing.assert_close(mixed(x), 0.5 * (torch.nn.functional.max_pool2d(x, 2) + torch.nn.functional.avg_pool2d(x, 2)))
+    training = MixedPool().train()(x)
+    assert torch.allclose(training, torch.nn.functional.max_pool2d(x, 2)) or torch.allclose(
+        training, torch.nn.functional.avg_pool2d(x, 2))
+    # Stochastic: training picks a member of each window; evaluation the value-weighted mean.
+    window = torch.tensor([[[[1.0, 3.0], [0.0, 0.0]]]])
+    assert StochasticPool().eval()(window).item() == pytest.approx((1 + 9) / 4)
+    torch.manual_seed(0)
+    picks = {StochasticPool().train()(window).item() for _ in range(50)}
+    assert picks == {1.0, 3.0}
+
+
+# -- the network ---------------------------------------------------------------------------------------------
+def test_parameter_count_of_the_cards_choice():
+    """The paper gives no count ("lightweight"); the card's choice (Keras-style 2x2 ConvT, BN with two
+    trainable parameters per channel) gives exactly these numbers."""
+    with torch.device("meta"):
+        assert count_parameters(SFRSegNet()) == 1_944_049
+        assert count_parameters(SFRSegNet(up_kernel_size=3)) == 2_161_649
+        # Parameter-free poolings keep the count; Souza's fusion convs and concat's wider inputs add some.
+        for pool in ("max", "avg", "mixed", "stochastic", "dwt_ll", "dwt_all"):
+            assert count_parameters(SFRSegNet(pool=pool)) == 1_944_049
+        assert count_parameters(SFRSegNet(pool="max_dwt")) == 1_944_049 + sum(2 * c * c + c for c in (16, 32, 64, 128))
+
+
+def test_eighteen_convolutions_with_the_papers_filters():
+    net = SFRSegNet()
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    three_by_three = [c.out_channels for c in convs if c.kernel_size == (3, 3)]
+    assert three_by_three == [16, 16, 32, 32, 64, 64, 128, 128, 256, 256, 128, 128, 64, 64, 32, 32, 16, 16]
+    assert all(isinstance(p, IEWADWTPool) for p in net.pools) and len(net.pools) == 4
+
+
+@pytest.mark.parametrize("pool", POOLINGS)
+def test_every_pooling_builds_trains_and_keeps_the_shape(pool):
+    net = SFRSegNet(filters=(4, 8, 8, 16, 16), pool=pool)
+    x = torch.rand(2, 3, 32, 48)
+    out = net(x)
+    assert out.shape == (2, 1, 32, 48)
+    out.square().mean().backward()
+    missing = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing
+
+
+@pytest.mark.parametrize("size", [(128, 128), (64, 80)])
+def test_full_model_shapes(size):
+    net = SFRSegNet().eval()
+    with torch.no_grad():
+        assert net(torch.rand(1, 3, *size)).shape == (1, 1, *size)
+    assert SFRSegNet(up_kernel_size=3).eval()(torch.rand(1, 3, *size)).shape == (1, 1, *size)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="unknown pooling"):
+        make_pool("polynomial", 8)
+    with pytest.raises(ValueError, match="divisible by 16"):
+        SFRSegNet()(torch.rand(1, 3, 40, 40))
