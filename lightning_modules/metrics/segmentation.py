@@ -1,0 +1,108 @@
+"""Overlap metrics for 2D segmentation: Dice, IoU, sensitivity, precision, specificity.
+
+Pixel counts (TP, FP, TN, FN) come from torchmetrics' stat scores, per image and per foreground
+class. Two aggregations:
+
+- ``micro``: counts summed over the whole dataset, then one ratio per class (torchmetrics'
+  ``BinaryF1Score``/``BinaryJaccardIndex`` with their default global averaging give the same).
+- ``per_image``: a ratio per image, then the mean over images.
+
+Empty masks, ``per_image``: a ratio whose denominator is 0 counts as 1 when the image's ground truth
+and prediction are both empty for that class (nothing to find, nothing found) and as 0 otherwise
+(e.g. precision of an empty prediction on a lesion). The same rule applies to a class absent from the
+whole dataset under ``micro``. Multi-class: foreground classes 1..K-1, macro mean over classes.
+
+State is torchmetrics state (summed counts; concatenated per-image values), so values reduce
+correctly across DDP processes.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torchmetrics import Metric
+from torchmetrics.functional.classification import binary_stat_scores, multiclass_stat_scores
+from torchmetrics.utilities import dim_zero_cat
+
+METRIC_NAMES = ("dice", "iou", "sensitivity", "precision", "specificity")
+Aggregation = Literal["micro", "per_image"]
+
+
+def hard_prediction(logits: torch.Tensor, num_classes: int = 1, threshold: float = 0.5) -> torch.Tensor:
+    """(B, 1, H, W) long: sigmoid(logits) > threshold (binary) or the argmax class (multi-class)."""
+    if num_classes == 1:
+        return (torch.sigmoid(logits.float()) > threshold).long()
+    return logits.argmax(dim=1, keepdim=True)
+
+
+def stat_scores_per_image(prediction: torch.Tensor, target: torch.Tensor, num_classes: int = 1) -> torch.Tensor:
+    """(B, K, 4) counts [TP, FP, TN, FN] per image and foreground class (K = 1 for binary).
+
+    ``prediction`` and ``target`` are (B, 1, H, W) hard labels (0/1 for binary).
+    """
+    batch = prediction.shape[0]
+    prediction = prediction.reshape(batch, -1).long()
+    target = target.reshape(batch, -1).long()
+    if num_classes == 1:
+        stats = binary_stat_scores(prediction, target, multidim_average="samplewise", validate_args=False)
+        stats = stats[:, None, :4]
+    else:
+        stats = multiclass_stat_scores(prediction, target, num_classes, average="none",
+                                       multidim_average="samplewise", validate_args=False)
+        stats = stats[:, 1:, :4]  # foreground classes only
+    return stats.long()
+
+
+def ratios_from_counts(stats: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Metric values from (..., 4) counts [TP, FP, TN, FN], with the empty-mask rule of this module."""
+    tp, fp, tn, fn = stats.double().unbind(-1)
+    both_empty = (tp + fp + fn) == 0
+
+    def ratio(numerator, denominator):
+        fallback = both_empty.to(numerator.dtype)
+        return torch.where(denominator > 0, numerator / denominator.clamp_min(1), fallback)
+
+    return {
+        "dice": ratio(2 * tp, 2 * tp + fp + fn),
+        "iou": ratio(tp, tp + fp + fn),
+        "sensitivity": ratio(tp, tp + fn),
+        "precision": ratio(tp, tp + fp),
+        "specificity": ratio(tn, tn + fp),
+    }
+
+
+class SegmentationMetrics(Metric):
+    """Dice, IoU, sensitivity, precision and specificity over a dataset (see the module docstring).
+
+    ``update(prediction, target)`` takes hard (B, 1, H, W) label maps (see ``hard_prediction``);
+    ``compute()`` returns a dict of scalars, ``per_image_values()`` the (N,) values per image (mean over
+    foreground classes) for standard deviations and box plots.
+    """
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, num_classes: int = 1, aggregation: Aggregation = "micro", **kwargs) -> None:
+        super().__init__(**kwargs)
+        if aggregation not in ("micro", "per_image"):
+            raise ValueError(f"aggregation must be 'micro' or 'per_image', got {aggregation!r}")
+        self.num_classes = num_classes
+        self.aggregation = aggregation
+        num_foreground = max(1, num_classes - 1)
+        self.add_state("counts", default=torch.zeros(num_foreground, 4, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("image_counts", default=[], dist_reduce_fx="cat")
+
+    def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
+        stats = stat_scores_per_image(prediction, target, self.num_classes)
+        self.counts += stats.sum(0)
+        self.image_counts.append(stats)
+
+    def per_image_values(self) -> dict[str, torch.Tensor]:
+        empty = isinstance(self.image_counts, list) and not self.image_counts
+        counts = self.counts.new_zeros(0, *self.counts.shape) if empty else dim_zero_cat(self.image_counts)
+        return {name: value.mean(-1).float() for name, value in ratios_from_counts(counts).items()}
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        if self.aggregation == "micro":
+            return {name: value.mean().float() for name, value in ratios_from_counts(self.counts).items()}
+        return {name: value.mean() for name, value in self.per_image_values().items()}
