@@ -84,3 +84,17 @@ class SFRSegNet(nn.Module):
         for upsample, decoder, skip in zip(self.upsamplers, self.decoders, reversed(skips)):
             x = decoder(torch.cat([upsample(x), skip], dim=1))
         return self.head(x)
+
+
+class InverseTimeDecayLR(torch.optim.lr_scheduler.LambdaLR):
+    """Keras' legacy optimizer ``decay``: ``lr_t = lr / (1 + decay * t)``, t counting optimiser steps.
+
+    The paper's "decaying learning rate 0.005" (TF/Keras 2.10); step it per iteration
+    (``SegmentationTask(scheduler_interval="step")``).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, decay: float = 0.005, last_epoch: int = -1):
+        if decay < 0:
+            raise ValueError(f"decay must be >= 0, got {decay}")
+        self.decay = decay
+        super().__init__(optimizer, lambda step: 1.0 / (1.0 + decay * step), last_epoch=last_epoch)

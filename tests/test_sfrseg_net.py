@@ -112,3 +112,19 @@ def test_bad_arguments():
         make_pool("polynomial", 8)
     with pytest.raises(ValueError, match="divisible by 16"):
         SFRSegNet()(torch.rand(1, 3, 40, 40))
+
+
+# -- learning-rate schedule ------------------------------------------------------------------------------------
+def test_inverse_time_decay_matches_keras_legacy_decay():
+    from lightning_modules.sfrseg_net import InverseTimeDecayLR
+
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    scheduler = InverseTimeDecayLR(optimizer, decay=0.005)
+    lrs = []
+    for _ in range(401):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    for step in (0, 1, 200, 400):
+        assert lrs[step] == pytest.approx(1e-3 / (1 + 0.005 * step))
+    assert lrs[200] == pytest.approx(5e-4)  # halved after 200 iterations
