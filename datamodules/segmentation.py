@@ -141,8 +141,10 @@ class FileSegmentationDataset(TransformedSegmentationDataset):
 
     def __init__(self, items: Sequence[SegmentationItem], transform: A.Compose, channels: int = 3,
                  binary: bool = True, classes: Sequence[str] = (), layout: Optional[str] = None,
-                 standin_config: Optional[str] = None, preloaded: Optional[list] = None):
+                 standin_config: Optional[str] = None, preloaded: Optional[list] = None,
+                 release_sizes: frozenset = frozenset()):
         super().__init__(transform, binary)
+        self.release_sizes = release_sizes
         self.items = list(items)
         self.channels = channels
         self.class_index = {name: i for i, name in enumerate(classes)}
@@ -165,6 +167,8 @@ class FileSegmentationDataset(TransformedSegmentationDataset):
         mask = None
         for path in item.masks:
             values = read_image(path, 1, self._error)[..., 0]
+            if (image.shape[:2], values.shape) in self.release_sizes:  # a documented size difference
+                values = cv2.resize(values, image.shape[1::-1], interpolation=cv2.INTER_NEAREST)
             if values.shape != image.shape[:2]:
                 raise self._error(f"mask of size {values.shape[1]}x{values.shape[0]} (WxH) for an image of size "
                                   f"{image.shape[1]}x{image.shape[0]} ({item.image.name})", path)
@@ -307,6 +311,8 @@ class SegmentationDataModule(BaseDataModule):
     standin_config: str = "experiments/saca_unet_demo.yaml"
     #: class names of the dataset (for stratification and the ``label`` key); () if it has none.
     classes: tuple[str, ...] = ()
+    #: ((image H, W), (mask H, W)) pairs that the release has by design: the mask is resized to the image.
+    release_sizes: frozenset = frozenset()
 
     def __init__(self, data_dir: str, image_size: Union[int, Sequence[int]] = 256, channels: int = 3,
                  normalization: Literal["imagenet", "unit"] = "imagenet", augmentation: str = "unext",
@@ -363,9 +369,14 @@ class SegmentationDataModule(BaseDataModule):
         return path
 
     # ---- splits ----
-    def _split_labels(self, indices: Sequence[int]) -> Optional[list]:
+    def _split_labels(self, indices: Sequence[int], fraction: Optional[float] = None) -> Optional[list]:
+        """Class names to stratify by, or None where stratifying is impossible (no classes, one class,
+        a class with fewer than 2 items, or fewer held-out items than classes)."""
         labels = [self.items[i].label for i in indices]
-        if any(label is None for label in labels) or len(set(labels)) < 2:
+        counts = {label: labels.count(label) for label in set(labels)}
+        if any(label is None for label in labels) or len(counts) < 2 or min(counts.values()) < 2:
+            return None
+        if fraction is not None and min(fraction * len(labels), (1 - fraction) * len(labels)) < len(counts):
             return None
         return labels
 
@@ -378,7 +389,7 @@ class SegmentationDataModule(BaseDataModule):
             train, test = kfold_split(labels, self.folds, self.fold, self.kfold_seed)
         val = test
         if self.val_fraction > 0:
-            labels = self._split_labels(train)
+            labels = self._split_labels(train, self.val_fraction)
             rel_train, rel_val = holdout_split(len(train), self.val_fraction, self.split_seed, stratify=labels)
             train, val = [train[i] for i in rel_train], [train[i] for i in rel_val]
         return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
@@ -409,7 +420,8 @@ class SegmentationDataModule(BaseDataModule):
     def make_dataset(self, items: Sequence[SegmentationItem], transform: A.Compose) -> FileSegmentationDataset:
         dataset = FileSegmentationDataset(items, transform, self.channels, binary=self.num_classes == 1,
                                           classes=self.classes, layout=self.layout,
-                                          standin_config=self.standin_config)
+                                          standin_config=self.standin_config,
+                                          release_sizes=frozenset(self.release_sizes))
         if self.preload:
             resize = A.Compose([A.Resize(*self.image_size, interpolation=cv2.INTER_LINEAR,
                                          mask_interpolation=cv2.INTER_NEAREST)])
