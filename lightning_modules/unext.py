@@ -166,7 +166,7 @@ class UNeXtSkeleton(nn.Module):
         # (dim, token grid divisor) of block1, block2, dblock1, dblock2
         specs = [(c4, 16), (c5, 32), (c4, 16), (c3, 8)]
         heads = list(num_heads) if num_heads is not None else [default_num_heads(dim) for dim, _ in specs]
-        drop_path = [float(x) for x in torch.linspace(0, drop_path_rate, 2)]
+        drop_path = [0.0, float(drop_path_rate)]  # linspace(0, rate, depth 2), as in the official code
         blocks = []
         for i, ((dim, divisor), n_heads) in enumerate(zip(specs, heads)):
             if block == "shifted_mlp":

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from datamodules.base import DatasetError
@@ -10,6 +11,16 @@ from datamodules.busi import BUSIDataModule
 from datamodules.covid19_radiography import COVID19RadiographyDataModule
 from datamodules.cvc_clinicdb import CVCClinicDBDataModule
 from datamodules.isic2018 import ISIC2018DataModule
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One intra-op thread: on a shared 2-core machine, 2 spinning OpenMP threads per process made these
+    tests ~100x slower (measured); restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 RNG = np.random.default_rng(0)
 
