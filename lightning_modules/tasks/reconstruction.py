@@ -1,0 +1,359 @@
+"""Undersampled MRI reconstruction: the task family of DiffCMR and its U-Net / cGAN baselines.
+
+Batches are dicts with ``input`` (B, 1, H, W): the zero-filled magnitude image I^u, and ``target``
+(B, 1, H, W): the fully sampled one I^f, both scaled to [0, 1] per slice. Every task logs, per test
+slice, PSNR / SSIM / NMSE of its reconstruction and of the zero-filled input ("RAW" in the paper's
+tables) as ``test/psnr``, ``test/psnr_zero_filled``, ...
+
+- ``ReconstructionTask``: a network maps I^u to I^f (the U-Net baseline; L1 or MSE loss).
+- ``AdversarialReconstructionTask``: the same plus a conditional PatchGAN discriminator (the cGAN baseline).
+- ``DiffusionReconstructionTask``: conditional DDPM (DiffCMR, Algorithms 1 and 2) with R-round
+  ensembling and a DDIM option for fast sampling.
+"""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+from torch import nn
+from torchmetrics.aggregation import CatMetric
+
+from lightning_modules.losses.reconstruction import (discriminator_loss, epsilon_loss, generator_adversarial_loss,
+                                                     pixel_loss)
+from lightning_modules.metrics.reconstruction import psnr_per_slice, reconstruction_metrics
+from lightning_modules.tasks.base import BaseTask
+
+METRICS = ("psnr", "ssim", "nmse")
+MAX_BETA = 0.999
+
+
+class ReconstructionTask(BaseTask):
+    """Image-to-image reconstruction I^u -> I^f trained with a pixel loss.
+
+    Args:
+        network: ``forward(input) -> reconstruction``, both (B, 1, H, W).
+        loss: ``"l1"`` (fastMRI U-Net) or ``"mse"``.
+        figure_every_n_epochs: how often a validation figure goes to W&B and figures/ (0: never).
+    """
+
+    monitor = "val/psnr"
+    monitor_mode = "max"
+    #: groups of test metrics: "" is the reconstruction, "_zero_filled" the input (RAW).
+    test_suffixes: tuple[str, ...] = ("", "_zero_filled")
+
+    def __init__(self, network: nn.Module, loss: Literal["l1", "mse"] = "l1", figure_every_n_epochs: int = 1,
+                 optimizer: OptimizerCallable = torch.optim.Adam,
+                 lr_scheduler: Optional[LRSchedulerCallable] = None):
+        super().__init__(optimizer=optimizer, lr_scheduler=lr_scheduler)
+        self.save_config_hyperparameters()
+        self.network = network
+        self.loss_name = loss
+        self.figure_every_n_epochs = figure_every_n_epochs
+        self.val_psnr = CatMetric()
+        self.test_values = nn.ModuleDict({f"{name}{suffix}": CatMetric()
+                                          for suffix in self.test_suffixes for name in METRICS})
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.network(image)
+
+    def reconstruct(self, image: torch.Tensor, batch_idx: int = 0) -> dict[str, torch.Tensor]:
+        """Reconstructions keyed by test-metric suffix ("" = the method's output)."""
+        return {"": self(image)}
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = pixel_loss(self(batch["input"]), batch["target"], self.loss_name)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input"].shape[0])
+        return loss
+
+    # -- evaluation -------------------------------------------------------------------------------
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        prediction = self(batch["input"])
+        self.log("val/loss", pixel_loss(prediction, batch["target"], self.loss_name),
+                 batch_size=batch["input"].shape[0])
+        self.val_psnr.update(psnr_per_slice(prediction.float(), batch["target"]))
+        if batch_idx == 0 and self._figure_due():
+            self.log_figure(f"val/reconstruction_epoch{self.current_epoch:03d}",
+                            reconstruction_figure(batch, {"": prediction}))
+
+    def on_validation_epoch_end(self) -> None:
+        values = self.val_psnr.compute()
+        self.log("val/psnr", values.mean().float() if values.numel() else torch.tensor(0.0))
+        self.val_psnr.reset()
+
+    def _figure_due(self) -> bool:
+        return (self.figure_every_n_epochs > 0 and not self.trainer.sanity_checking and self.trainer.is_global_zero
+                and self.current_epoch % self.figure_every_n_epochs == 0)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        outputs = self.reconstruct(batch["input"], batch_idx)
+        outputs["_zero_filled"] = batch["input"]
+        for suffix in self.test_suffixes:
+            for name, values in reconstruction_metrics(outputs[suffix].float(), batch["target"]).items():
+                self.test_values[f"{name}{suffix}"].update(values)
+        if batch_idx == 0 and self.trainer.is_global_zero:
+            self.log_figure("test/reconstruction", reconstruction_figure(batch, outputs))
+
+    def on_test_epoch_end(self) -> None:
+        # CatMetric gathers every slice from every process: the mean is over slices, as in the paper.
+        for name, metric in self.test_values.items():
+            values = metric.compute().double()
+            self.log(f"test/{name}", values.mean().float())
+            self.log(f"test/{name}_std", values.std().float() if values.numel() > 1 else torch.tensor(0.0))
+            metric.reset()
+        self.log("test/num_slices", float(values.numel()))
+
+    def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self.reconstruct(batch["input"], batch_idx)[""]
+
+
+class AdversarialReconstructionTask(ReconstructionTask):
+    """cGAN baseline: generator loss ``pixel + adversarial_weight * BCE(D(I^u, G(I^u)), real)``; the
+    discriminator sees (I^u, image) pairs (pix2pix-style conditional PatchGAN) and is trained with
+    ``(BCE(D(I^u, I^f), real) + BCE(D(I^u, G(I^u)), fake)) / 2``. Both use the same optimizer recipe.
+
+    Args:
+        network: the generator, ``forward(input) -> reconstruction``.
+        discriminator: ``forward(cat(input, image)) -> logits`` (a tensor, or a list whose last item is).
+        adversarial_weight: weight of the adversarial term in the generator loss.
+    """
+
+    def __init__(self, network: nn.Module, discriminator: nn.Module, adversarial_weight: float = 0.01,
+                 loss: Literal["l1", "mse"] = "l1", figure_every_n_epochs: int = 1,
+                 optimizer: OptimizerCallable = torch.optim.Adam,
+                 lr_scheduler: Optional[LRSchedulerCallable] = None):
+        super().__init__(network, loss=loss, figure_every_n_epochs=figure_every_n_epochs, optimizer=optimizer,
+                         lr_scheduler=lr_scheduler)
+        self.save_config_hyperparameters()
+        self.discriminator = discriminator
+        self.adversarial_weight = adversarial_weight
+        self.automatic_optimization = False
+
+    def configure_optimizers(self):
+        optimizers = [self.optimizer_factory(self.network.parameters()),
+                      self.optimizer_factory(self.discriminator.parameters())]
+        if self.lr_scheduler_factory is None:
+            return optimizers
+        return optimizers, [self.lr_scheduler_factory(o) for o in optimizers]
+
+    def _logits(self, condition: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        out = self.discriminator(torch.cat([condition, image], dim=1))
+        return out[-1] if isinstance(out, (list, tuple)) else out
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        generator_optimizer, discriminator_optimizer = self.optimizers()
+        condition, target = batch["input"], batch["target"]
+        prediction = self(condition)
+
+        # Generator: pixel loss + fool the discriminator (its gradients are discarded below).
+        pixel = pixel_loss(prediction, target, self.loss_name)
+        adversarial = generator_adversarial_loss(self._logits(condition, prediction))
+        generator_loss = pixel + self.adversarial_weight * adversarial
+        generator_optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(generator_loss)
+        generator_optimizer.step()
+
+        # Discriminator: real pairs vs the (detached) reconstructions.
+        d_loss = discriminator_loss(self._logits(condition, target), self._logits(condition, prediction.detach()))
+        discriminator_optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(d_loss)
+        discriminator_optimizer.step()
+
+        batch_size = condition.shape[0]
+        self.log("train/loss", generator_loss, prog_bar=True, batch_size=batch_size)
+        self.log("train/pixel", pixel, batch_size=batch_size)
+        self.log("train/adversarial", adversarial, batch_size=batch_size)
+        self.log("train/discriminator", d_loss, batch_size=batch_size)
+
+    def on_train_epoch_end(self) -> None:
+        schedulers = self.lr_schedulers()
+        for scheduler in (schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []):
+            scheduler.step()
+
+
+def linear_beta_range(num_steps: int) -> tuple[float, float]:
+    """improved-diffusion's "linear" betas for ``num_steps``: ``linspace(1e-4, 0.02)`` scaled by 1000/T.
+
+    With T = 1000 this is the paper's formula (Algorithm 1); DiffCMR's code trains with T = 100
+    (betas 1e-3 .. 0.2) and samples with T = 1000, so the noise levels of both chains match.
+    """
+    scale = 1000.0 / num_steps
+    return 1e-4 * scale, 0.02 * scale
+
+
+class DiffusionReconstructionTask(ReconstructionTask):
+    """Conditional DDPM reconstruction (DiffCMR).
+
+    Training (Algorithm 1): ``t ~ U{0..T_train-1}``, ``x_t = sqrt(abar_t) I^f + sqrt(1 - abar_t) eps``,
+    loss ``MSE(eps, eps_theta(x_t, I^u, t))``. The network sees the timestep rescaled to [0, 1000)
+    (``t * 1000 / T``) so that one network serves chains of any length.
+
+    Inference (Algorithm 2): ancestral sampling over ``inference_steps`` steps of the linear schedule
+    rebuilt for that length, x0-prediction clamped to [-1, 1], repeated ``rounds`` times (all rounds in
+    one batch) and averaged. ``sampler="ddim"`` instead takes ``ddim_steps`` deterministic DDIM steps
+    (eta = ``ddim_eta``) along the ``inference_steps`` schedule: fast sampling, not in the paper.
+    Schedules and update rules are MONAI's DDPM/DDIM schedulers.
+
+    Args:
+        network: ``forward(x_t, condition, timesteps) -> eps``; if it has ``encode_condition`` and
+            ``denoise(x_t, timesteps, features)``, the condition is encoded once per sample, not per step.
+        train_steps: T of training (paper and code: 100).
+        inference_steps: T of sampling (paper: 1000; Table 4a varies it).
+        rounds: R, sampling runs averaged (paper: 4; Table 4b varies it).
+        variance: ``"fixed_large"`` (sigma_t^2 = beta_t, the code) or ``"fixed_small"`` (beta-tilde_t, Algorithm 2).
+        sampler: ``"ddpm"`` (the paper) or ``"ddim"``.
+        ddim_steps, ddim_eta: DDIM's number of steps and stochasticity.
+        clip_denoised: clamp the predicted x0 to [-1, 1] at every step (the code).
+        report_single_round: also log ``test/{psnr,ssim,nmse}_r1``: the first round alone (R = 1).
+        sample_seed: seed of the sampling noise in test/predict (per batch: seed + batch index), so a
+            test is reproducible; ``None`` draws from the global generator.
+    """
+
+    monitor = "val/loss"
+    monitor_mode = "min"
+    test_suffixes = ("", "_r1", "_zero_filled")
+
+    def __init__(self, network: nn.Module, train_steps: int = 100, inference_steps: int = 1000, rounds: int = 4,
+                 variance: Literal["fixed_large", "fixed_small"] = "fixed_large",
+                 sampler: Literal["ddpm", "ddim"] = "ddpm", ddim_steps: int = 50, ddim_eta: float = 0.0,
+                 clip_denoised: bool = True, report_single_round: bool = True, sample_seed: Optional[int] = 0,
+                 figure_every_n_epochs: int = 1,
+                 optimizer: OptimizerCallable = torch.optim.AdamW,
+                 lr_scheduler: Optional[LRSchedulerCallable] = None):
+        if rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {rounds}")
+        if sampler not in ("ddpm", "ddim"):
+            raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
+        self.test_suffixes = ("", "_r1", "_zero_filled") if report_single_round else ("", "_zero_filled")
+        super().__init__(network, loss="mse", figure_every_n_epochs=figure_every_n_epochs, optimizer=optimizer,
+                         lr_scheduler=lr_scheduler)
+        self.save_config_hyperparameters()
+        self.train_steps = train_steps
+        self.inference_steps = inference_steps
+        self.rounds = rounds
+        self.variance = variance
+        self.sampler = sampler
+        self.ddim_steps = ddim_steps
+        self.ddim_eta = ddim_eta
+        self.clip_denoised = clip_denoised
+        self.sample_seed = sample_seed
+        self.train_scheduler = self.make_scheduler(train_steps)
+
+    # -- schedules --------------------------------------------------------------------------------
+    def make_scheduler(self, num_steps: int, sampler: str = "ddpm"):
+        """MONAI's DDPM (or DDIM) scheduler on the linear schedule rebuilt for ``num_steps``.
+
+        For T <= 20 the scaled schedule reaches beta = 1 (abar_T = 0: x0 cannot be predicted from x_T);
+        betas are capped at 0.999 as improved diffusion caps its cosine schedule.
+        """
+        beta_start, beta_end = linear_beta_range(num_steps)
+        if sampler == "ddim":
+            scheduler = DDIMScheduler(num_train_timesteps=num_steps, schedule="linear_beta", beta_start=beta_start,
+                                      beta_end=beta_end, clip_sample=self.clip_denoised)
+        else:
+            scheduler = DDPMScheduler(num_train_timesteps=num_steps, schedule="linear_beta", beta_start=beta_start,
+                                      beta_end=beta_end, variance_type=self.variance, clip_sample=self.clip_denoised)
+        if beta_end > MAX_BETA:
+            scheduler.betas = scheduler.betas.clamp(max=MAX_BETA)
+            scheduler.alphas = 1.0 - scheduler.betas
+            scheduler.alphas_cumprod = torch.cumprod(scheduler.alphas, dim=0)
+        return scheduler
+
+    @staticmethod
+    def network_timesteps(timesteps: torch.Tensor, num_steps: int) -> torch.Tensor:
+        """The code's ``rescale_timesteps``: t * 1000 / T, so every chain spans [0, 1000)."""
+        return timesteps.float() * (1000.0 / num_steps)
+
+    def epsilon(self, x_t: torch.Tensor, condition: torch.Tensor, timesteps: torch.Tensor, num_steps: int,
+                features: Optional[torch.Tensor] = None) -> torch.Tensor:
+        scaled = self.network_timesteps(timesteps, num_steps)
+        if features is not None:
+            return self.network.denoise(x_t, scaled, features)
+        return self.network(x_t, condition, scaled)
+
+    # -- training ---------------------------------------------------------------------------------
+    def diffusion_loss(self, batch: dict, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        target, condition = batch["target"], batch["input"]
+        batch_size = target.shape[0]
+        timesteps = torch.randint(0, self.train_steps, (batch_size,), device=target.device, generator=generator)
+        noise = torch.randn(target.shape, device=target.device, dtype=target.dtype, generator=generator)
+        x_t = self.train_scheduler.add_noise(target, noise, timesteps)
+        return epsilon_loss(self.epsilon(x_t, condition, timesteps, self.train_steps), noise)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.diffusion_loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        # The epsilon-MSE at fixed (t, eps) draws per batch: comparable across epochs, cheap (no sampling).
+        generator = torch.Generator(device=batch["target"].device).manual_seed(10_000 + batch_idx)
+        self.log("val/loss", self.diffusion_loss(batch, generator), batch_size=batch["input"].shape[0])
+
+    def on_validation_epoch_end(self) -> None:
+        pass
+
+    # -- sampling (Algorithm 2) -------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, condition: torch.Tensor, rounds: Optional[int] = None,
+               generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Samples (B, R, C, H, W) of I^f given I^u = ``condition`` (B, C, H, W); the R rounds run as one batch."""
+        rounds = self.rounds if rounds is None else rounds
+        batch_size = condition.shape[0]
+        condition = condition.repeat_interleave(rounds, dim=0)
+        features = self.network.encode_condition(condition) if hasattr(self.network, "encode_condition") else None
+        num_steps = self.inference_steps
+        scheduler = self.make_scheduler(num_steps, self.sampler)
+        if self.sampler == "ddim":
+            scheduler.set_timesteps(self.ddim_steps, device=condition.device)
+            timesteps = scheduler.timesteps.tolist()
+        else:
+            timesteps = list(range(num_steps - 1, -1, -1))
+        x = torch.randn(condition.shape, device=condition.device, dtype=condition.dtype, generator=generator)
+        for t in timesteps:
+            t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+            eps = self.epsilon(x, condition, t_batch, num_steps, features).to(x.dtype)
+            if self.sampler == "ddim":
+                x, _ = scheduler.step(eps, t, x, eta=self.ddim_eta, generator=generator)
+            else:
+                x, _ = scheduler.step(eps, t, x, generator=generator)
+        return x.reshape(batch_size, rounds, *x.shape[1:])
+
+    def reconstruct(self, image: torch.Tensor, batch_idx: int = 0) -> dict[str, torch.Tensor]:
+        generator = None
+        if self.sample_seed is not None:
+            generator = torch.Generator(device=image.device).manual_seed(self.sample_seed + batch_idx)
+        samples = self.sample(image, generator=generator)
+        return {"": samples.mean(dim=1), "_r1": samples[:, 0]}
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """The ensembled reconstruction of ``image`` (what test and predict evaluate)."""
+        return self.reconstruct(image)[""]
+
+
+def reconstruction_figure(batch: dict, outputs: dict[str, torch.Tensor]):
+    """Zero-filled input, reconstruction(s), ground truth and |error| for the first slice (paper Fig. 3)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("zero-filled", batch["input"])]
+    panels += [(("reconstruction" if key == "" else key.strip("_")), value) for key, value in outputs.items()
+               if key != "_zero_filled"]
+    panels.append(("ground truth", batch["target"]))
+    target = batch["target"][0, 0].detach().float().cpu()
+    prediction = outputs[""][0, 0].detach().float().cpu()
+    figure, axes = plt.subplots(1, len(panels) + 1, figsize=(3.2 * (len(panels) + 1), 3.4))
+    for ax, (title, image) in zip(axes, panels):
+        ax.imshow(image[0, 0].detach().float().cpu().numpy(), cmap="gray", vmin=0, vmax=float(target.max()))
+        ax.set_title(title)
+    axes[-1].imshow((prediction - target).abs().numpy(), cmap="magma")
+    axes[-1].set_title("|reconstruction - truth|")
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    figure.tight_layout()
+    return figure
