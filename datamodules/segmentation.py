@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib
 import math
+from concurrent.futures import ThreadPoolExecutor
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -425,8 +426,15 @@ class SegmentationDataModule(BaseDataModule):
         if self.preload:
             resize = A.Compose([A.Resize(*self.image_size, interpolation=cv2.INTER_LINEAR,
                                          mask_interpolation=cv2.INTER_NEAREST)])
-            dataset.preloaded = [resize(image=image, mask=mask) for image, mask in map(dataset.read, range(len(items)))]
-            dataset.preloaded = [(out["image"], out["mask"]) for out in dataset.preloaded]
+
+            def load_resized(index: int):
+                image, mask = dataset.read(index)
+                out = resize(image=image, mask=mask)
+                return out["image"], out["mask"]
+
+            # PIL decoding and OpenCV resizing release the GIL: threads decode in parallel
+            with ThreadPoolExecutor(max(1, self.num_workers)) as pool:
+                dataset.preloaded = list(pool.map(load_resized, range(len(items))))
         return dataset
 
     def train_sampler(self, dataset):

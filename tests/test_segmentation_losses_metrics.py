@@ -151,3 +151,13 @@ def test_all_background_baseline_values():
     counts = torch.tensor([[0, 0, 90, 10], [0, 0, 100, 0]])  # a lesion missed; an empty image
     values = ratios_from_counts(counts)
     assert values["dice"].tolist() == [0.0, 1.0] and values["specificity"].tolist() == [1.0, 1.0]
+
+
+def test_counts_match_torchmetrics_stat_scores_and_a_batch_of_one_works():
+    from torchmetrics.functional.classification import binary_stat_scores
+
+    prediction, target = _random_masks(5)
+    ours = SegmentationMetrics()
+    ours.update(prediction[:1], target[:1])  # a batch of one image
+    reference = binary_stat_scores(prediction[:2].flatten(1), target[:2].flatten(1), multidim_average="samplewise")
+    assert ours.counts[0].tolist() == reference[0, :4].tolist()

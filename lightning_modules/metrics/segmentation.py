@@ -1,7 +1,7 @@
 """Overlap metrics for 2D segmentation: Dice, IoU, sensitivity, precision, specificity.
 
-Pixel counts (TP, FP, TN, FN) come from torchmetrics' stat scores, per image and per foreground
-class. Two aggregations:
+Pixel counts (TP, FP, TN, FN) are taken per image and per foreground class, and reduced with
+torchmetrics states. Two aggregations:
 
 - ``micro``: counts summed over the whole dataset, then one ratio per class (torchmetrics'
   ``BinaryF1Score``/``BinaryJaccardIndex`` with their default global averaging give the same).
@@ -21,7 +21,6 @@ from typing import Literal
 
 import torch
 from torchmetrics import Metric
-from torchmetrics.functional.classification import binary_stat_scores, multiclass_stat_scores
 from torchmetrics.utilities import dim_zero_cat
 
 METRIC_NAMES = ("dice", "iou", "sensitivity", "precision", "specificity")
@@ -38,19 +37,19 @@ def hard_prediction(logits: torch.Tensor, num_classes: int = 1, threshold: float
 def stat_scores_per_image(prediction: torch.Tensor, target: torch.Tensor, num_classes: int = 1) -> torch.Tensor:
     """(B, K, 4) counts [TP, FP, TN, FN] per image and foreground class (K = 1 for binary).
 
-    ``prediction`` and ``target`` are (B, 1, H, W) hard labels (0/1 for binary).
+    ``prediction`` and ``target`` are (B, 1, H, W) hard labels (0/1 for binary). (torchmetrics'
+    ``binary_stat_scores(multidim_average="samplewise")`` gives the same but fails on a batch of one.)
     """
     batch = prediction.shape[0]
-    prediction = prediction.reshape(batch, -1).long()
-    target = target.reshape(batch, -1).long()
-    if num_classes == 1:
-        stats = binary_stat_scores(prediction, target, multidim_average="samplewise", validate_args=False)
-        stats = stats[:, None, :4]
-    else:
-        stats = multiclass_stat_scores(prediction, target, num_classes, average="none",
-                                       multidim_average="samplewise", validate_args=False)
-        stats = stats[:, 1:, :4]  # foreground classes only
-    return stats.long()
+    prediction = prediction.reshape(batch, 1, -1).long()
+    target = target.reshape(batch, 1, -1).long()
+    classes = torch.arange(1, max(2, num_classes), device=prediction.device).view(1, -1, 1)  # foreground
+    predicted, actual = prediction == classes, target == classes  # (B, K, N)
+    tp = (predicted & actual).sum(-1)
+    fp = (predicted & ~actual).sum(-1)
+    fn = (~predicted & actual).sum(-1)
+    tn = predicted.shape[-1] - tp - fp - fn
+    return torch.stack([tp, fp, tn, fn], dim=-1)
 
 
 def ratios_from_counts(stats: torch.Tensor) -> dict[str, torch.Tensor]:
