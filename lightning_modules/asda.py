@@ -304,12 +304,15 @@ class ASDAClassifier(nn.Module):
         nn.init.zeros_(self.head.bias)
         self.specaug_freq_ratio, self.specaug_time_ratio = specaug_freq_ratio, specaug_time_ratio
         self.roll_aug, self.fbank_noise = roll_aug, fbank_noise
-        if pretrained:
+        if pretrained and self.head.weight.device.type != "meta":  # meta: counting parameters, no weights
             self.load_pretrained(pretrained, pretrained_part)
 
     def load_pretrained(self, path: str, part: str = "student") -> None:
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"pre-training checkpoint not found: {path}")
+            raise FileNotFoundError(
+                f"pre-training checkpoint not found: {path}. Pre-train first (experiments/asda_pretrain_as2m.yaml "
+                "--run_id pretrained writes runs/asda_pretrain_as2m/pretrained/checkpoints/last.ckpt), or pass "
+                "--model.network.init_args.pretrained PATH ('': from scratch).")
         state = torch.load(path, map_location="cpu", weights_only=False)
         state = state.get("state_dict", state)
         prefix = next((p for p in (f"network.{part}.", f"{part}.") if any(k.startswith(p) for k in state)), None)
