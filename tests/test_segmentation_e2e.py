@@ -106,3 +106,24 @@ def test_demo_reaches_its_documented_dice(tmp_path):
     run.main(["--config", DEMO, "--runs_dir", str(tmp_path), "--run_id", "demo", "--trainer.enable_progress_bar", "false"])
     results = json.loads((tmp_path / "saca_unet_demo" / "demo" / "results.json").read_text())
     assert results["test/dice"] >= 0.9 and results["test/dice_all_background"] == 0.0
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_count_each_test_image_once(tmp_path):
+    """2 gloo processes: per-image values are gathered from both (13 test images, not one rank's 7),
+    and the stratified batch sampler runs under DDP (Lightning leaves it unwrapped)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, WANDB_MODE="offline", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    env.pop(run.RUN_ID_ENV, None)
+    cmd = [sys.executable, "run.py", "--config", DEMO, "--config", "experiments/trainer/ddp_cpu.yaml",
+           "--data.kind", "ultrasound", "--data.stratified_batches", "true", "--data.num_train", "32",
+           "--data.num_val", "10", "--data.num_test", "13", "--model.network.init_args.in_channels", "1",
+           "--model.metric_aggregation", "per_image", "--trainer.max_epochs", "1", *QUIET,
+           "--trainer.logger", "false", "--runs_dir", str(tmp_path), "--run_id", "ddp"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "saca_unet_demo" / "ddp" / "results.json").read_text())
+    assert results["test/num_images"] == 13

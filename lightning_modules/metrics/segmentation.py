@@ -97,6 +97,11 @@ class SegmentationMetrics(Metric):
         self.image_counts.append(stats)
 
     def per_image_values(self) -> dict[str, torch.Tensor]:
+        """(N,) values per image over every process (gathered like ``compute``, which alone syncs by itself)."""
+        with self.sync_context(dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync and not self._is_synced):
+            return self._local_per_image_values()
+
+    def _local_per_image_values(self) -> dict[str, torch.Tensor]:
         empty = isinstance(self.image_counts, list) and not self.image_counts
         counts = self.counts.new_zeros(0, *self.counts.shape) if empty else dim_zero_cat(self.image_counts)
         return {name: value.mean(-1).float() for name, value in ratios_from_counts(counts).items()}
@@ -104,4 +109,4 @@ class SegmentationMetrics(Metric):
     def compute(self) -> dict[str, torch.Tensor]:
         if self.aggregation == "micro":
             return {name: value.mean().float() for name, value in ratios_from_counts(self.counts).items()}
-        return {name: value.mean() for name, value in self.per_image_values().items()}
+        return {name: value.mean() for name, value in self._local_per_image_values().items()}
