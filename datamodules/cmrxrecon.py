@@ -147,7 +147,7 @@ class ReconstructionPairDataset(Dataset):
 
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
         source, position = self.index[item]
-        pair = np.asarray(self.sources[source][position], dtype=np.float32)
+        pair = np.array(self.sources[source][position], dtype=np.float32)  # a copy: caches are read-only maps
         image, target = pair[0], pair[1]
         if self.transform is not None:
             out = self.transform(image=image, target=target)
