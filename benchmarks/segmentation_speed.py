@@ -119,7 +119,7 @@ def benchmark(path: Path, args) -> str:
             _sync(device)
             if i >= args.warmup:
                 latencies.append(1000 * (time.perf_counter() - start))
-    return (f"| {path.stem} | {count_parameters(network):,} | {h}x{w} | {args.batch_size} | {throughput:.1f} | "
+    return (f"| {path.stem} | {count_parameters(network):,} | {h}x{w} | {args.batch_size} | {throughput:.2f} | "
             f"{statistics.median(latencies):.1f} | {memory} |")
 
 
