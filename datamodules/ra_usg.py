@@ -62,6 +62,16 @@ def offline_variants(image: np.ndarray, mask: np.ndarray, rescaled_copy: bool = 
     return out
 
 
+def add_noise(images: np.ndarray, mode: str, seed: int, variance: float = 0.01) -> np.ndarray:
+    """uint8 images with ``skimage.util.random_noise`` noise (on [0, 1] values), reproducible from ``seed``."""
+    from skimage.util import random_noise
+
+    kwargs = {"var": variance} if mode in ("gaussian", "speckle") else {"amount": variance} if mode == "s&p" else {}
+    rng = np.random.default_rng(seed)
+    noisy = [random_noise(image, mode=mode, rng=rng, **kwargs) for image in images]
+    return np.stack([np.clip(np.round(n * 255), 0, 255).astype(np.uint8) for n in noisy])
+
+
 class ImageMaskArrays(Dataset):
     """In-memory (H, W, 3) uint8 images and (H, W) {0, 1} masks -> ``{"image", "mask", "name"}``.
 
@@ -91,12 +101,17 @@ class RAUltrasoundBase(BaseDataModule):
         test_fraction: test share when there is no split.csv (10 / 49 as the paper).
         val_fraction: validation share of the training base images (4:1 as the paper).
         offline_augmentation: the paper's 19 (train) / 18 (test) deterministic copies per image.
-        seed: split seed.
+        seed: split seed (and the test-noise seed).
+        test_noise: the paper's Table 6 robustness test: ``gaussian``, ``poisson``, ``s&p`` or
+            ``speckle`` noise added to the test images (``skimage.util.random_noise``; variance 0.01,
+            for salt & pepper an amount of 0.01 of the pixels); None: clean test images.
     """
+
+    NOISE_MODES = ("gaussian", "poisson", "s&p", "speckle")
 
     def __init__(self, image_size: Sequence[int] = (128, 128), test_fraction: float = 10 / 49,
                  val_fraction: float = 0.2, offline_augmentation: bool = True, seed: int = 42,
-                 batch_size: int = 16, num_workers: int = 2, pin_memory: Optional[bool] = None,
+                 test_noise: Optional[str] = None, batch_size: int = 16, num_workers: int = 2, pin_memory: Optional[bool] = None,
                  eval_batch_size: Optional[int] = None):
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
                          eval_batch_size=eval_batch_size)
@@ -107,6 +122,9 @@ class RAUltrasoundBase(BaseDataModule):
         self.val_fraction = val_fraction
         self.offline_augmentation = offline_augmentation
         self.seed = seed
+        if test_noise is not None and test_noise not in self.NOISE_MODES:
+            raise ValueError(f"test_noise must be one of {self.NOISE_MODES} or None, got {test_noise!r}")
+        self.test_noise = test_noise
         self.split_names: dict[str, list[str]] = {}
 
     def load_samples(self) -> tuple[list[str], list[np.ndarray], list[np.ndarray], dict[str, str]]:
@@ -141,6 +159,8 @@ class RAUltrasoundBase(BaseDataModule):
         self.train_set = self._build(train_ids, lookup, rescaled_copy=True)
         self.val_set = self._build(val_ids, lookup, rescaled_copy=True)
         self.test_set = self._build(test_ids, lookup, rescaled_copy=False)
+        if self.test_noise is not None:
+            self.test_set.images = add_noise(self.test_set.images, self.test_noise, self.seed)
 
     def _build(self, names: list[str], lookup: dict, rescaled_copy: bool) -> ImageMaskArrays:
         images, masks, out_names = [], [], []

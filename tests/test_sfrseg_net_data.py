@@ -121,3 +121,16 @@ def test_synthetic_joint_standin_has_a_learnable_fluid_pocket():
     dm.setup()
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (6 * 19, 2 * 19, 2 * 18)
     assert dm.train_set[0]["image"].shape == (3, 64, 64)
+
+
+@pytest.mark.parametrize("mode", ["gaussian", "poisson", "s&p", "speckle"])
+def test_test_noise_perturbs_only_the_test_images(mode):
+    clean = SyntheticJointUltrasoundDataModule(num_images=6, num_workers=0, image_size=(32, 32))
+    noisy = SyntheticJointUltrasoundDataModule(num_images=6, num_workers=0, image_size=(32, 32), test_noise=mode)
+    clean.setup(), noisy.setup()
+    np.testing.assert_array_equal(clean.train_set.images, noisy.train_set.images)
+    difference = noisy.test_set.images.astype(float) - clean.test_set.images.astype(float)
+    assert 0 < np.abs(difference).mean() < 40
+    np.testing.assert_array_equal(clean.test_set.masks, noisy.test_set.masks)
+    with pytest.raises(ValueError, match="test_noise"):
+        SyntheticJointUltrasoundDataModule(test_noise="pink")

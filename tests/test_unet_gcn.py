@@ -107,3 +107,57 @@ def test_invalid_inputs_are_rejected():
         UNetGCN(gcn_position="bottleneck")
     with pytest.raises(ValueError, match="divisible by 32"):
         UNetGCN(channels=(4, 8, 8, 16, 16))(torch.rand(1, 1, 48, 40))
+
+
+# -- end to end through run.py on the stand-in ---------------------------------------------------------------
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import run  # noqa: E402
+from lightning_modules.tasks.segmentation import SegmentationTask  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = ["--trainer.max_epochs", "4", "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
+         "--data.num_workers", "0", "--data.image_size", "64", "--data.num_train", "64", "--data.num_val", "16",
+         "--data.num_test", "32", "--data.batch_size", "8", "--model.init_args.figure_every_n_epochs", "0",
+         "--model.init_args.network.init_args.channels", "[4, 8, 16, 32, 64]",
+         "--model.init_args.network.init_args.gcn_kernel_size", "5", "--model.init_args.optimizer.init_args.lr", "0.005"]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    cli = run.main(["--config", str(ROOT / "experiments" / "unet_gcn_demo.yaml"), *QUICK, "--runs_dir", str(runs),
+                    "--run_id", "t"])
+    return cli, runs / "unet_gcn_demo" / "t"
+
+
+def test_demo_learns_to_segment_the_standin(demo_run):
+    cli, run_dir = demo_run
+    results = json.loads((run_dir / "results.json").read_text())
+    for key in ("test/dice", "test/iou", "test/sensitivity", "test/precision", "test/specificity"):
+        assert 0.0 <= results[key] <= 1.0
+    # Beats all-background (Dice 0) and all-foreground (micro Dice 2p/(1+p), p = the lesion pixel share).
+    test_set = cli.datamodule.test_set
+    p = torch.stack([test_set[i]["mask"] for i in range(len(test_set))]).mean().item()
+    assert results["test/dice_all_background"] == 0.0
+    assert results["test/dice"] > 2 * p / (1 + p) + 0.15, (results, p)
+    assert results["test/specificity"] > 0.8
+    assert (run_dir / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_checkpoint_reloads_without_the_cli(demo_run):
+    cli, run_dir = demo_run
+    model = SegmentationTask.load_from_checkpoint(run_dir / "checkpoints" / "best.ckpt", map_location="cpu")
+    assert isinstance(model.network, UNetGCN) and model.network.gcn_position == "skip"
+    image = torch.rand(2, 1, 64, 64)
+    cli.model.eval(), model.eval()  # after fit-then-test the CLI's module holds the best weights
+    torch.testing.assert_close(cli.model(image), model(image))
+
+
+@pytest.mark.slow
+def test_full_demo(tmp_path):
+    run.main(["--config", str(ROOT / "experiments" / "unet_gcn_demo.yaml"), "--runs_dir", str(tmp_path), "--run_id", "d",
+              "--trainer.enable_progress_bar", "false"])
+    results = json.loads((tmp_path / "unet_gcn_demo" / "d" / "results.json").read_text())
+    assert results["test/dice"] > 0.6, results
