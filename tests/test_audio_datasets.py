@@ -157,3 +157,21 @@ def test_run_py_reports_missing_esc50_without_a_traceback(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and "/nowhere/meta/esc50.csv" in proc.stderr
     assert "experiments/asda_demo.yaml" in proc.stderr
+
+
+def test_esc50_finetuning_config_runs_on_the_real_layout(tmp_path):
+    """The paper's ESC-50 config end to end on the fixture tree, with a small encoder and on the CPU."""
+    import json
+
+    import run
+
+    write_esc50_tree(tmp_path / "esc")
+    enc = "--model.network.init_args.encoder.init_args."
+    run.main(["--config", str(ROOT / "experiments" / "asda_finetune_esc50.yaml"), "--data.data_dir", str(tmp_path / "esc"),
+              "--model.network.init_args.pretrained", "", enc + "embed_dim", "32", enc + "depth", "1", enc + "num_heads", "2",
+              "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto",
+              "--trainer.precision", "bf16-mixed", "--trainer.max_steps", "2", "--data.batch_size", "4",
+              "--data.num_workers", "0", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+              "--runs_dir", str(tmp_path / "runs"), "--run_id", "esc"])
+    results = json.loads((tmp_path / "runs" / "asda_finetune_esc50" / "esc" / "results.json").read_text())
+    assert results["paper"]["test/acc"] == 0.961 and 0.0 <= results["test/acc"] <= 1.0
