@@ -44,8 +44,8 @@ class SeparationTask(BaseTask):
         eval_window_seconds, eval_hop_seconds: BSS Eval windows (SiSEC 2016: 30 s / 15 s).
         bss_eval: compute BSS Eval images v3 at test time (SI-SDR is always computed).
         eval_chunk_batch: chunks per network call when separating a track (memory bound).
-        output_dir: where ``predict`` writes stems (``<dir>/<track>/<source>.wav``); default
-            ``<run folder>/separated``.
+
+    ``python run.py predict`` writes each track's stems to ``<run folder>/separated/<track>/<source>.wav``.
     """
 
     monitor = "val/si_sdr"
@@ -57,7 +57,7 @@ class SeparationTask(BaseTask):
                  chunk_stride: int = 5, alpha: float = 0.001, beta: float = 0.01, beta_vocals: float = 0.03,
                  loss_reduction: Literal["sum", "mean"] = "sum", eval_window_seconds: float = 30.0,
                  eval_hop_seconds: float = 15.0, bss_eval: bool = True, eval_chunk_batch: int = 256,
-                 figure_every_n_epochs: int = 5, output_dir: Optional[str] = None,
+                 figure_every_n_epochs: int = 5,
                  optimizer: OptimizerCallable = torch.optim.Adadelta,
                  lr_scheduler: Optional[LRSchedulerCallable] = None):
         super().__init__(optimizer=optimizer, lr_scheduler=lr_scheduler)
@@ -71,7 +71,7 @@ class SeparationTask(BaseTask):
         self.loss_weights = dict(alpha=alpha, beta=beta, beta_vocals=beta_vocals, reduction=loss_reduction)
         self.eval_window_seconds, self.eval_hop_seconds = eval_window_seconds, eval_hop_seconds
         self.bss_eval, self.eval_chunk_batch = bss_eval, eval_chunk_batch
-        self.figure_every_n_epochs, self.output_dir = figure_every_n_epochs, output_dir
+        self.figure_every_n_epochs = figure_every_n_epochs
         self.sources = SOURCES
         self.val_values = nn.ModuleDict({name: CatMetric() for name in ("si_sdr", "si_sdr_mixture")})
         test_names = [f"{m}_{s}" for m in (*BSS_METRICS, "si_sdr", "si_sdr_mixture") for s in SOURCES]
@@ -202,7 +202,7 @@ class SeparationTask(BaseTask):
         mixture = batch["mixture"][0]
         sources = batch["sources"][0] if "sources" in batch else None
         estimates = self.separate(mixture, sources).cpu().numpy()
-        root = self.output_dir or os.path.join(self.trainer.default_root_dir if self._trainer else ".", "separated")
+        root = os.path.join(self.trainer.default_root_dir if self._trainer is not None else ".", "separated")
         name = batch["name"][0] if "name" in batch else f"track{batch_idx:04d}"
         rate = int(batch["sample_rate"][0])
         paths = [write_audio(os.path.join(root, name, f"{source}.wav"), audio, rate, subtype="FLOAT")
