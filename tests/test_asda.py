@@ -193,7 +193,7 @@ def test_parameter_counts_match_the_paper():
 # -- end to end through run.py --------------------------------------------------------------------------
 FAST = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1",
         "--trainer.limit_test_batches", "1", "--trainer.log_every_n_steps", "1", "--data.num_workers", "0",
-        "--data.batch_size", "8", "--trainer.enable_progress_bar", "false"]
+        "--data.batch_size", "8", "--trainer.enable_progress_bar", "false", "--trainer.logger", "false"]
 
 
 @pytest.fixture(scope="module")
@@ -278,3 +278,25 @@ def test_demos_learn_well_above_chance(tmp_path):
               "--data.multilabel", "true", "--model.multilabel", "true", "--model.label_smoothing", "0.0"])
     results = json.loads((tmp_path / "asda_demo" / "multi" / "results.json").read_text())
     assert results["test/mAP"] > results["test/mAP_prior"] + 0.1
+
+
+@pytest.mark.slow
+def test_pretraining_and_finetuning_under_ddp_with_two_cpu_processes(tmp_path):
+    """The distributed path (gloo): teachers stay identical across ranks (same student, same EMA), and the
+    fine-tuning test set is counted once (every clip on exactly one rank)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, WANDB_MODE="offline", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    env.pop(run.RUN_ID_ENV, None)
+    for config, run_id in (("asda_pretrain_demo.yaml", "ddp_pre"), ("asda_demo.yaml", "ddp_ft")):
+        cmd = [sys.executable, "run.py", "--config", f"experiments/{config}", "--config", "experiments/trainer/ddp_cpu.yaml",
+               *FAST, "--trainer.limit_test_batches", "1.0", "--runs_dir", str(tmp_path), "--run_id", run_id]
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "asda_demo" / "ddp_ft" / "results.json").read_text())
+    assert 0.0 <= results["test/acc"] <= 1.0
+    state = torch.load(tmp_path / "asda_pretrain_demo" / "ddp_pre" / "checkpoints" / "last.ckpt", map_location="cpu",
+                       weights_only=False)["state_dict"]
+    assert any(not torch.equal(state[k], state[k.replace("teacher", "student")]) for k in state if ".teacher." in k)

@@ -107,3 +107,30 @@ def test_a_short_run_learns_and_beats_the_majority_class(tmp_path):
     metrics = trainer.test(task, test, verbose=False)[0]
     assert trainer.validate(task, test, verbose=False)[0]["val/loss"] < 0.6 * before
     assert metrics["test/acc"] > metrics["test/acc_prior"] + 0.4
+
+
+class _MultiBlobs(torch.utils.data.Dataset):
+    """Multi-hot float targets (as the audio datasets give): label k is on when feature k is high."""
+
+    def __init__(self, n, seed):
+        g = torch.Generator().manual_seed(seed)
+        self.y = (torch.rand(n, 3, generator=g) < 0.4).float()
+        self.x = torch.cat([self.y * 2, torch.zeros(n, 1)], 1) + torch.randn(n, 4, generator=g) * 0.7
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return {"input": self.x[i], "target": self.y[i]}
+
+
+def test_multilabel_run_with_float_multi_hot_targets_beats_the_prior(tmp_path):
+    torch.manual_seed(0)
+    task = ClassificationTask(_Tiny(), 3, multilabel=True, mixup_alpha=0.8,
+                              optimizer=lambda params: torch.optim.AdamW(params, lr=0.02))
+    trainer = Trainer(max_epochs=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      default_root_dir=tmp_path, accelerator="cpu", enable_model_summary=False)
+    train, test = DataLoader(_MultiBlobs(256, 0), batch_size=32, shuffle=True), DataLoader(_MultiBlobs(128, 1), batch_size=64)
+    trainer.fit(task, train, test)
+    metrics = trainer.test(task, test, verbose=False)[0]
+    assert metrics["test/mAP"] > metrics["test/mAP_prior"] + 0.3

@@ -127,7 +127,7 @@ class ClassificationTask(BaseTask):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         logits = self(batch["input"])
-        self.val_metrics.update(self._scores(logits), batch["target"])
+        self.val_metrics.update(self._scores(logits), batch["target"].long())
         self.log("val/loss", self.loss(logits, self.soft_targets(batch["target"])), batch_size=logits.shape[0])
 
     def on_validation_epoch_end(self) -> None:
@@ -136,7 +136,7 @@ class ClassificationTask(BaseTask):
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         logits = self(batch["input"])
-        self.test_metrics.update(self._scores(logits), batch["target"])
+        self.test_metrics.update(self._scores(logits), batch["target"].long())  # multi-hot floats -> ints
         self.test_prior.update(batch["target"])
 
     def on_test_epoch_end(self) -> None:
