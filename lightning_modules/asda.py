@@ -240,6 +240,30 @@ class ASDAPretrainingModel(nn.Module):
         return out
 
     @torch.no_grad()
+    def figure(self, waveform: torch.Tensor):
+        """The first clip's fbank and one student's visible patches (the masking the student sees)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fbank = self.frontend(waveform[:1].float())[0, 0].cpu()
+        mask = inverse_block_mask(1, self.student.grid, self.mask_prob, self.mask_length, self.mask_prob_adjust)[0]
+        patch = self.student.patch_embed.patch_size
+        visible = (~mask).view(*self.student.grid).float().repeat_interleave(patch, 0).repeat_interleave(patch, 1)
+        figure, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+        axes[0].imshow(fbank.T, origin="lower", aspect="auto", cmap="magma")
+        axes[0].set_title("log-mel fbank (normalised)")
+        axes[1].imshow((fbank[: visible.shape[0], : visible.shape[1]] * visible).T, origin="lower", aspect="auto",
+                       cmap="magma")
+        axes[1].set_title(f"one student's visible patches ({int((~mask).sum())} of {mask.numel()})")
+        for ax in axes:
+            ax.set_xlabel("frame")
+            ax.set_ylabel("mel bin")
+        figure.tight_layout()
+        return figure
+
+    @torch.no_grad()
     def update_teacher(self, decay: float) -> None:
         """teacher <- decay * teacher + (1 - decay) * student, over every parameter (the whole encoder)."""
         student = [p.detach() for p in self.student.parameters()]

@@ -208,6 +208,7 @@ def test_pretraining_demo_runs_and_the_checkpoint_reloads(pretrain_run):
     cli, run_dir = pretrain_run
     results = json.loads((run_dir / "results.json").read_text())
     assert results["test/loss"] > 0 and results["test/target_std"] > 0.5
+    assert (run_dir / "figures" / "test_pretraining_input.png").stat().st_size > 10_000
     model = SelfDistillationPretraining.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", map_location="cpu")
     for a, b in zip(model.network.teacher.parameters(), cli.model.network.teacher.parameters()):
         assert torch.equal(a, b.cpu())

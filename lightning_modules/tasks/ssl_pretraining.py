@@ -78,3 +78,5 @@ class SelfDistillationPretraining(BaseTask):
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._log_losses(self(batch["input"]), "test", batch["input"].shape[0])
+        if batch_idx == 0 and self.trainer.is_global_zero and hasattr(self.network, "figure"):
+            self.log_figure("test/pretraining_input", self.network.figure(batch["input"]))
