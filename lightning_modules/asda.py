@@ -254,8 +254,9 @@ class ASDAPretrainingModel(nn.Module):
         figure, axes = plt.subplots(1, 2, figsize=(10, 3.5))
         axes[0].imshow(fbank.T, origin="lower", aspect="auto", cmap="magma")
         axes[0].set_title("log-mel fbank (normalised)")
-        axes[1].imshow((fbank[: visible.shape[0], : visible.shape[1]] * visible).T, origin="lower", aspect="auto",
-                       cmap="magma")
+        shown = fbank[: visible.shape[0], : visible.shape[1]].clone()
+        shown[visible == 0] = float("nan")  # masked patches blank
+        axes[1].imshow(shown.T, origin="lower", aspect="auto", cmap="magma")
         axes[1].set_title(f"one student's visible patches ({int((~mask).sum())} of {mask.numel()})")
         for ax in axes:
             ax.set_xlabel("frame")
