@@ -28,6 +28,8 @@ from lightning_modules.tasks.base import BaseTask
 
 METRICS = ("psnr", "ssim", "nmse")
 MAX_BETA = 0.999
+SAMPLING_OPTIONS = ("inference_steps", "rounds", "variance", "sampler", "ddim_steps", "ddim_eta", "clip_denoised",
+                    "report_single_round", "sample_seed")
 
 
 class ReconstructionTask(BaseTask):
@@ -209,6 +211,9 @@ class DiffusionReconstructionTask(ReconstructionTask):
         report_single_round: also log ``test/{psnr,ssim,nmse}_r1``: the first round alone (R = 1).
         sample_seed: seed of the sampling noise in test/predict (per batch: seed + batch index), so a
             test is reproducible; ``None`` draws from the global generator.
+
+    The sampling arguments (``SAMPLING_OPTIONS``) are not saved in checkpoints: a checkpoint tested
+    with other T, R or sampler takes them from the config / command line (or load_from_checkpoint's kwargs).
     """
 
     monitor = "val/loss"
@@ -230,6 +235,11 @@ class DiffusionReconstructionTask(ReconstructionTask):
         super().__init__(network, loss="mse", figure_every_n_epochs=figure_every_n_epochs, optimizer=optimizer,
                          lr_scheduler=lr_scheduler)
         self.save_config_hyperparameters()
+        # Sampling options are test-time choices, not properties of the trained network: kept out of the
+        # checkpoint, so `run.py test --ckpt_path ...` (which restores a checkpoint's hparams over the
+        # config) and load_from_checkpoint(..., rounds=8) use the values asked for (Table 4's ablations).
+        for key in SAMPLING_OPTIONS:
+            self.hparams.pop(key, None)
         self.train_steps = train_steps
         self.inference_steps = inference_steps
         self.rounds = rounds
