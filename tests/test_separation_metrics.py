@@ -61,12 +61,15 @@ def test_closed_forms_scaled_reference_and_pure_interference():
     np.testing.assert_allclose(scores["sdr"].numpy(), 20 * math.log10(2), atol=1e-6)
     np.testing.assert_allclose(scores["isr"].numpy(), 20 * math.log10(2), atol=1e-4)
     assert (scores["sir"] > 60).all() and (scores["sar"] > 60).all()
-    # Reference + c * the other source: SIR = 10 log10(|s_0|^2 / (c^2 |s_1|^2)), SDR the same here.
+    # Reference + c * the other source: SIR = 10 log10(|s_0|^2 / (c^2 |s_1|^2)) (SDR exactly the same). With
+    # white noise the 512-tap projection on s_0 also absorbs ~512/n of the interference's energy, so SIR
+    # sits about 10 log10(1 / (1 - 512/n)) above the closed form: ~0.01 dB for n = 200,000.
+    references = torch.from_numpy(rng.standard_normal((2, 200_000)))
     c = 0.25
     estimates = torch.stack([references[0] + c * references[1], references[1]])
-    scores = bss_eval_images_mono(references, estimates, 8000, 8000)
+    scores = bss_eval_images_mono(references, estimates, 200_000, 200_000)
     expected_sir = 10 * math.log10(float(references[0].square().sum() / (c ** 2 * references[1].square().sum())))
-    assert scores["sir"][0, 0].item() == pytest.approx(expected_sir, abs=1e-3)
+    assert expected_sir < scores["sir"][0, 0].item() < expected_sir + 0.05
     assert scores["sdr"][0, 0].item() == pytest.approx(expected_sir, abs=1e-6)
     assert scores["sar"][0, 0].item() > 60
 
