@@ -96,7 +96,11 @@ class ClassificationTask(BaseTask):
 
     def _layer_id(self, name: str) -> int:
         layer_id = getattr(self.network, "parameter_layer_id", None)
-        return layer_id(name.removeprefix("network.")) if layer_id is not None else 0
+        if layer_id is None:
+            return 0
+        for wrapper in ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod."):  # FSDP, compile
+            name = name.replace(wrapper, "")
+        return layer_id(name.removeprefix("network."))
 
     # -- training -----------------------------------------------------------------------------------
     def soft_targets(self, target: torch.Tensor) -> torch.Tensor:
