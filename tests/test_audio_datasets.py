@@ -159,19 +159,50 @@ def test_run_py_reports_missing_esc50_without_a_traceback(tmp_path):
     assert "experiments/asda_demo.yaml" in proc.stderr
 
 
-def test_esc50_finetuning_config_runs_on_the_real_layout(tmp_path):
-    """The paper's ESC-50 config end to end on the fixture tree, with a small encoder and on the CPU."""
+@pytest.mark.parametrize("config, writer, metric, paper", [
+    ("asda_finetune_esc50.yaml", "esc50", "test/acc", 0.961),
+    ("asda_finetune_spc2.yaml", "spc", "test/acc", 0.983),
+    ("asda_finetune_as20k.yaml", "audioset", "test/mAP", 0.415),
+])
+def test_paper_finetuning_configs_run_on_the_real_layouts(tmp_path, config, writer, metric, paper):
+    """Each dataset's paper config end to end on its fixture tree, with a small encoder, bf16, on the CPU."""
     import json
+    import warnings
 
     import run
 
-    write_esc50_tree(tmp_path / "esc")
+    {"esc50": write_esc50_tree, "spc": write_speech_commands_tree, "audioset": write_audioset_tree}[writer](tmp_path / "data")
     enc = "--model.network.init_args.encoder.init_args."
-    run.main(["--config", str(ROOT / "experiments" / "asda_finetune_esc50.yaml"), "--data.data_dir", str(tmp_path / "esc"),
-              "--model.network.init_args.pretrained", "", enc + "embed_dim", "32", enc + "depth", "1", enc + "num_heads", "2",
-              "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto",
-              "--trainer.precision", "bf16-mixed", "--trainer.max_steps", "2", "--data.batch_size", "4",
-              "--data.num_workers", "0", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
-              "--runs_dir", str(tmp_path / "runs"), "--run_id", "esc"])
-    results = json.loads((tmp_path / "runs" / "asda_finetune_esc50" / "esc" / "results.json").read_text())
-    assert results["paper"]["test/acc"] == 0.961 and 0.0 <= results["test/acc"] <= 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the AudioSet fixture's missing clip
+        run.main(["--config", str(ROOT / "experiments" / config), "--data.data_dir", str(tmp_path / "data"),
+                  "--model.network.init_args.pretrained", "", enc + "embed_dim", "32", enc + "depth", "1",
+                  enc + "num_heads", "2", "--trainer.accelerator", "cpu", "--trainer.devices", "1",
+                  "--trainer.strategy", "auto", "--trainer.precision", "bf16-mixed", "--trainer.max_steps", "2",
+                  "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "2", "--data.batch_size", "2",
+                  "--data.num_workers", "0", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+                  "--runs_dir", str(tmp_path / "runs"), "--run_id", "r"])
+    results = json.loads((tmp_path / "runs" / Path(config).stem / "r" / "results.json").read_text())
+    assert results["paper"][metric] == paper and 0.0 <= results[metric] <= 1.0
+
+
+def test_paper_pretraining_config_runs_on_the_audioset_layout(tmp_path):
+    """asda_pretrain_as2m.yaml (16 students, 64 x 8 patches, block masks of 5) on the AudioSet fixture."""
+    import json
+    import warnings
+
+    import run
+
+    write_audioset_tree(tmp_path / "as")
+    enc = "--model.network.init_args.encoder.init_args."
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cli = run.main(["--config", str(ROOT / "experiments" / "asda_pretrain_as2m.yaml"), "--data.data_dir", str(tmp_path / "as"),
+                        "--data.train_split", "balanced", enc + "embed_dim", "32", enc + "depth", "1", enc + "num_heads", "2",
+                        "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto",
+                        "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1",
+                        "--data.batch_size", "2", "--data.num_workers", "0", "--trainer.logger", "false",
+                        "--trainer.enable_progress_bar", "false", "--runs_dir", str(tmp_path / "runs"), "--run_id", "r"])
+    assert cli.model.network.clone_batch == 16 and cli.model.network.student.grid == (64, 8)
+    results = json.loads((tmp_path / "runs" / "asda_pretrain_as2m" / "r" / "results.json").read_text())
+    assert results["test/loss"] > 0 and results["paper"]["parameters"] == 9.5e7
