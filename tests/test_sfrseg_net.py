@@ -128,3 +128,58 @@ def test_inverse_time_decay_matches_keras_legacy_decay():
     for step in (0, 1, 200, 400):
         assert lrs[step] == pytest.approx(1e-3 / (1 + 0.005 * step))
     assert lrs[200] == pytest.approx(5e-4)  # halved after 200 iterations
+
+
+# -- end to end through run.py on the stand-in ---------------------------------------------------------------
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import run  # noqa: E402
+from lightning_modules.tasks.segmentation import SegmentationTask  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = ["--trainer.max_epochs", "3", "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
+         "--data.num_workers", "0", "--data.image_size", "[64, 64]", "--data.num_images", "20",
+         "--data.batch_size", "16", "--model.init_args.figure_every_n_epochs", "0",
+         "--model.init_args.network.init_args.filters", "[8, 16, 32, 64, 128]"]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    cli = run.main(["--config", str(ROOT / "experiments" / "sfrseg_net_demo.yaml"), *QUICK, "--runs_dir", str(runs),
+                    "--run_id", "t"])
+    return cli, runs / "sfrseg_net_demo" / "t"
+
+
+def test_demo_learns_to_segment_the_standin(demo_run):
+    cli, run_dir = demo_run
+    results = json.loads((run_dir / "results.json").read_text())
+    # Per-image Dice (the paper's DSC) beats all-background (0) and all-foreground (2p/(1+p) per image).
+    test_set = cli.datamodule.test_set
+    shares = torch.stack([test_set[i]["mask"].mean() for i in range(len(test_set))])
+    assert results["test/dice_all_background"] == 0.0
+    assert results["test/dice"] > (2 * shares / (1 + shares)).mean().item() + 0.25, results
+    assert results["test/num_images"] == 4 * 18  # 20 images -> 4 test images x 18 offline copies
+    scheduler = cli.trainer.lr_scheduler_configs[0]
+    assert scheduler.interval == "step"
+    steps = cli.trainer.global_step
+    assert cli.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-3 / (1 + 0.005 * steps))
+
+
+def test_checkpoint_reloads_without_the_cli(demo_run):
+    cli, run_dir = demo_run
+    model = SegmentationTask.load_from_checkpoint(run_dir / "checkpoints" / "best.ckpt", map_location="cpu")
+    assert isinstance(model.network, SFRSegNet) and model.network.pool_kind == "iewa_dwt"
+    assert model.hparams["metric_aggregation"] == "per_image"
+    image = torch.rand(2, 3, 64, 64)
+    # After fit-then-test the CLI's module holds the best checkpoint's weights.
+    torch.testing.assert_close(cli.model.eval()(image), model.eval()(image))
+
+
+@pytest.mark.slow
+def test_full_demo(tmp_path):
+    run.main(["--config", str(ROOT / "experiments" / "sfrseg_net_demo.yaml"), "--runs_dir", str(tmp_path), "--run_id", "d",
+              "--trainer.enable_progress_bar", "false"])
+    results = json.loads((tmp_path / "sfrseg_net_demo" / "d" / "results.json").read_text())
+    assert results["test/dice"] > 0.8, results
