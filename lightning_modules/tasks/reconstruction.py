@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 from torch import nn
-from torchmetrics.aggregation import CatMetric
+from torchmetrics.aggregation import CatMetric, MeanMetric
 
 from lightning_modules.losses.reconstruction import (discriminator_loss, epsilon_loss, generator_adversarial_loss,
                                                      pixel_loss)
@@ -55,6 +55,7 @@ class ReconstructionTask(BaseTask):
         self.loss_name = loss
         self.figure_every_n_epochs = figure_every_n_epochs
         self.val_psnr = CatMetric()
+        self.val_loss = MeanMetric()  # reduced across processes at epoch end (eval loaders may be uneven under DDP)
         self.test_values = nn.ModuleDict({f"{name}{suffix}": CatMetric()
                                           for suffix in self.test_suffixes for name in METRICS})
 
@@ -73,8 +74,7 @@ class ReconstructionTask(BaseTask):
     # -- evaluation -------------------------------------------------------------------------------
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         prediction = self(batch["input"])
-        self.log("val/loss", pixel_loss(prediction, batch["target"], self.loss_name),
-                 batch_size=batch["input"].shape[0])
+        self.val_loss.update(pixel_loss(prediction, batch["target"], self.loss_name), batch["input"].shape[0])
         self.val_psnr.update(psnr_per_slice(prediction.float(), batch["target"]))
         if batch_idx == 0 and self._figure_due():
             self.log_figure(f"val/reconstruction_epoch{self.current_epoch:03d}",
@@ -83,7 +83,9 @@ class ReconstructionTask(BaseTask):
     def on_validation_epoch_end(self) -> None:
         values = self.val_psnr.compute()
         self.log("val/psnr", values.mean().float() if values.numel() else torch.tensor(0.0))
+        self.log("val/loss", self.val_loss.compute())
         self.val_psnr.reset()
+        self.val_loss.reset()
 
     def _figure_due(self) -> bool:
         return (self.figure_every_n_epochs > 0 and not self.trainer.sanity_checking and self.trainer.is_global_zero
@@ -300,10 +302,11 @@ class DiffusionReconstructionTask(ReconstructionTask):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         # The epsilon-MSE at fixed (t, eps) draws per batch: comparable across epochs, cheap (no sampling).
         generator = torch.Generator(device=batch["target"].device).manual_seed(10_000 + batch_idx)
-        self.log("val/loss", self.diffusion_loss(batch, generator), batch_size=batch["input"].shape[0])
+        self.val_loss.update(self.diffusion_loss(batch, generator), batch["input"].shape[0])
 
     def on_validation_epoch_end(self) -> None:
-        pass
+        self.log("val/loss", self.val_loss.compute())
+        self.val_loss.reset()
 
     # -- sampling (Algorithm 2) -------------------------------------------------------------------
     @torch.no_grad()
