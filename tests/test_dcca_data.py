@@ -199,3 +199,26 @@ def test_standin_datamodule_has_the_real_batch_keys_and_is_deterministic():
     other = SyntheticDepressionSpeechDataModule(num_train=6, num_dev=2, num_test=2, recording_seconds=3.0)
     other.setup("fit")
     assert torch.equal(dm.test_set[3]["audio"], other.test_set[3]["audio"])
+
+
+@pytest.mark.parametrize("year", ["2013", "2014"])
+def test_paper_configs_read_the_avec_layout_with_the_other_corpus(tmp_path, recordings, year):
+    """The data section of every Table 2-4 YAML builds on fixture trees of both corpora."""
+    import yaml
+
+    from tests.test_regression import ROOT
+
+    other = {"2013": "2014", "2014": "2013"}[year]
+    write_partitions_tree(tmp_path / year, recordings)
+    write_partitions_tree(tmp_path / other, [(Recording(r.recording_id + "_other", r.subject_id, r.session_id,
+                                                        r.split, r.score), a) for r, a in recordings])
+    for path in sorted((ROOT / "experiments").glob(f"dcca_avec{year}*.yaml")):
+        config = yaml.safe_load(path.read_text())
+        init = dict(config["data"]["init_args"], data_dir=str(tmp_path / year),
+                    extra_train_dir=str(tmp_path / other), num_workers=0)
+        assert config["data"]["class_path"] == "datamodules.avec.AVECDataModule"
+        dm = AVECDataModule(**init)
+        dm.setup("fit")
+        assert dm.segment_samples == 24000 and dm.hop_samples == 12000 and dm.sampler == "balanced"
+        assert len(dm.train_set.recordings) == 4 + 4 + 2  # own train + the other corpus's train and dev
+        assert config["model"]["init_args"]["network"]["init_args"]["segment_samples"] == dm.segment_samples
