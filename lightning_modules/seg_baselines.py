@@ -6,7 +6,7 @@ two Conv3x3-BN-ReLU per level, 2x2 max pooling, nearest x2 upsampling + Conv3x3-
 skips; Attention U-Net adds Oktay et al.'s additive attention gates on the skips. (MONAI's
 ``AttentionUnet`` downsamples by strided convolutions and MONAI's ``UNet`` uses residual units, so
 neither is this network.) Module names match that code, so its state dicts load unchanged.
-UNeXt is in ``lightning_modules/unext.py``. MTUNet is not implemented.
+UNeXt is in ``lightning_modules/unext.py``, MTUNet in ``lightning_modules/mtunet.py``.
 """
 from __future__ import annotations
 
