@@ -19,6 +19,10 @@ BANDS = ("LL", "LH", "HL", "HH")  # pywt: cA, cH (horizontal detail), cV (vertic
 
 def haar_kernels() -> Tensor:
     """(4, 2, 2) analysis kernels in pywt's band order, read off ``pywt.dwt2`` of unit impulses."""
+    return torch.tensor(_haar_kernels_numpy(), dtype=torch.float32)
+
+
+def _haar_kernels_numpy() -> np.ndarray:
     kernels = np.zeros((4, 2, 2), dtype=np.float64)
     for i in range(2):
         for j in range(2):
@@ -27,7 +31,7 @@ def haar_kernels() -> Tensor:
             approx, (horizontal, vertical, diagonal) = pywt.dwt2(impulse, "haar", mode="periodization")
             for band, coefficient in enumerate((approx, horizontal, vertical, diagonal)):
                 kernels[band, i, j] = coefficient.item()
-    return torch.tensor(kernels, dtype=torch.float32)
+    return kernels
 
 
 def _pad_even(x: Tensor) -> Tensor:
@@ -73,18 +77,23 @@ class IEWADWTPool(nn.Module):
         self.bands = tuple(bands)
         self.combine = combine
         self.channel_multiplier = len(bands) if combine == "concat" else 1
-        kernels = haar_kernels()[[BANDS.index(band) for band in bands]]
+        kernels = _haar_kernels_numpy()[[BANDS.index(band) for band in bands]]
         if combine == "add":
-            kernels = kernels.sum(0, keepdim=True)
-        self.register_buffer("kernels", kernels[:, None], persistent=False)  # (K, 1, 2, 2)
+            kernels = kernels.sum(0, keepdims=True)
+        self.register_buffer("kernels", torch.tensor(kernels[:, None], dtype=torch.float32), persistent=False)
+        self.phase_weights = kernels.reshape(-1, 4).tolist()  # fixed filters as floats: no device sync in forward
 
     def forward(self, x: Tensor) -> Tensor:
-        b, c = x.shape[:2]
         x = _pad_even(x)
-        k = self.kernels.shape[0]
-        # Depthwise: each channel through each kept kernel; concat keeps the bands of a channel adjacent.
-        out = F.conv2d(x, self.kernels.to(x.dtype).repeat(c, 1, 1, 1), stride=2, groups=c)
-        return out if k == 1 else out.reshape(b, c * k, *out.shape[-2:])
+        # The depthwise 2 x 2 stride-2 convolution as a weighted sum of the four polyphase components
+        # (strided views): several times faster on CPU than a grouped convolution.
+        phases = (x[..., 0::2, 0::2], x[..., 0::2, 1::2], x[..., 1::2, 0::2], x[..., 1::2, 1::2])
+        outs = [sum(w * phase for w, phase in zip(row, phases)) for row in self.phase_weights]
+        if len(outs) == 1:
+            return outs[0]
+        # concat keeps the bands of one channel adjacent: (B, C, K, h, w) -> (B, C*K, h, w)
+        out = torch.stack(outs, dim=2)
+        return out.reshape(out.shape[0], -1, *out.shape[-2:])
 
 
 class MixedPool(nn.Module):
