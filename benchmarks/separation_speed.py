@@ -98,6 +98,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # as SeparationTask.setup does under the Trainer
     device = torch.device(args.device)
     print(f"device {device}, precision {args.precision}, torch threads {torch.get_num_threads()}")
     print("| model | parameters | train chunks/s (batch 32) | separation, s of audio / s | loader excerpts/s (1 process) |")
