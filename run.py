@@ -69,6 +69,7 @@ class RunCSVLogger(CSVLogger):
 class ExperimentCLI(LightningCLI):
     def __init__(self, *args: Any, fit_then_test: bool = False, **kwargs: Any):
         self.fit_then_test = fit_then_test
+        self.command_line = list(kwargs.get("args") or [])
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})  # a requeued job rewrites the same config
         super().__init__(LightningModule, LightningDataModule, *args, subclass_mode_model=True,
                          subclass_mode_data=True, **kwargs)
@@ -82,6 +83,25 @@ class ExperimentCLI(LightningCLI):
         parser.add_argument("--wandb_project", type=str, default="paperbench", help="W&B project.")
         parser.add_argument("--paper", type=Optional[dict], default=None,
                             help="The paper's reference numbers for this setting (documentation only).")
+
+    # -- --ckpt_path ----------------------------------------------------------------------------------
+    def _parse_ckpt_path(self) -> None:
+        """Lightning rebuilds the model from the checkpoint's hyperparameters, which silently override
+        ``--model.*`` flags given on the command line (e.g. a test-time sampling option); those flags win."""
+        subcommand = self.config.get("subcommand")
+        before = self.config[subcommand].clone() if subcommand else None
+        super()._parse_ckpt_path()
+        if before is None:
+            return
+        for key in self._command_line_model_keys():
+            candidates = (key, key.replace("model.", "model.init_args.", 1))
+            for candidate in candidates:
+                if candidate in before:
+                    self.config[subcommand][candidate] = before[candidate]
+                    break
+
+    def _command_line_model_keys(self) -> list[str]:
+        return [token[2:].split("=", 1)[0] for token in self.command_line if token.startswith("--model.")]
 
     # -- the run folder -----------------------------------------------------------------------------
     def _run_config(self):

@@ -156,6 +156,19 @@ def test_test_subcommand_with_ckpt_path_reproduces_the_run(demo_run, tmp_path):
     assert again["test/dice"] == pytest.approx(results["test/dice"], abs=1e-6)
 
 
+def test_model_flags_on_the_command_line_win_over_checkpoint_hyperparameters(demo_run, tmp_path):
+    """Lightning restores the model's init arguments from --ckpt_path; an explicit --model.* flag must still apply."""
+    _, run_dir = demo_run
+    args = ["test", "--config", DEMO, *FAST, "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt"),
+            "--runs_dir", str(tmp_path), "--trainer.logger", "false"]
+    cli = run.main([*args, "--run_id", "flag", "--model.init_args.smooth_weight", "0.25"])
+    assert cli.model.smooth_weight == 0.25
+    cli = run.main([*args, "--run_id", "short", "--model.smooth_weight=0.5"])
+    assert cli.model.smooth_weight == 0.5
+    cli = run.main([*args, "--run_id", "none"])
+    assert cli.model.smooth_weight == 0.01  # from the checkpoint (and the config)
+
+
 SLURM_ENV = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "paperbench", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1",
              "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost"}
 
