@@ -153,3 +153,30 @@ def test_skin_standin_lesions_are_darker_than_skin():
     image, mask, _ = generate("skin", 0, "train", 0, (64, 64), 0.0)
     assert 0.01 < mask.mean() < 0.5
     assert image[mask > 0].mean() < 0.7 * image[mask == 0].mean()
+
+
+def test_random_augmentation_is_reproducible_under_the_torch_seed():
+    import albumentations as A
+    import torch
+
+    from datamodules.segmentation import TransformedSegmentationDataset, build_transform
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    mask = (rng.random((16, 16)) > 0.5).astype(np.uint8)
+
+    class Fixed(TransformedSegmentationDataset):
+        def __len__(self):
+            return 8
+
+        def load(self, index):
+            return image, mask, f"i{index}", 0
+
+    def draw(seed):
+        torch.manual_seed(seed)
+        transform = build_transform((16, 16), 3, "unit", [A.HorizontalFlip(p=0.5), A.RandomRotate90(p=1.0)])
+        dataset = Fixed(transform)
+        return torch.stack([dataset[i]["image"] for i in range(len(dataset))])
+
+    assert torch.equal(draw(0), draw(0))
+    assert not torch.equal(draw(0), draw(1))
