@@ -178,10 +178,21 @@ def main(argv: Optional[list[str]] = None) -> ExperimentCLI:
     # each rank must reach the same decision (fit, then test). LightningCLI warns about args + argv.
     warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
     try:
-        return ExperimentCLI(args=argv, fit_then_test=fit_then_test)
+        cli = ExperimentCLI(args=argv, fit_then_test=fit_then_test)
     except DatasetError as error:
         sys.stderr.write(f"\nerror: {error}\n")
         raise SystemExit(2) from None
+    _finish_wandb_runs(cli)
+    return cli
+
+
+def _finish_wandb_runs(cli: ExperimentCLI) -> None:
+    """Close this run's W&B run: otherwise the next WandbLogger in the same process (a second
+    run.main call, a notebook) silently reuses it and logs into the earlier run's folder."""
+    trainer = getattr(cli, "trainer", None)
+    for logger in (trainer.loggers if trainer is not None else []):
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            logger.experiment.finish()
 
 
 if __name__ == "__main__":

@@ -5,12 +5,18 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 # Tests never reach W&B's servers: runs are written offline in the run folder.
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# One intra-op thread for the whole session, set once before any op: small test models run faster
+# without a second spinning OpenMP thread (much faster on a shared CPU), and the count must never be
+# raised again mid-process: after set_num_threads(1) -> (2), torch 2.13's CPU build (oneMKL) breaks
+# batched float64 torch.linalg.solve ("Pivots given to lu_solve ..."), which BSS Eval uses.
+torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -19,14 +19,6 @@ SHAPE = {"t": 2, "s": 2, "c": 3, "ky": 12, "kx": 16}
 MATLAB_HEADER = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jun 12 10:00:00 2023 HDF5 schema 1.00 ."
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the CPU is shared: spinning threads only slow everyone down
-    yield
-    torch.set_num_threads(threads)
-
-
 def write_mat(path: Path, key: str, kspace: np.ndarray) -> None:
     """A MATLAB v7.3 file as MATLAB writes it: 512-byte user block with the text header, then HDF5.
     h5py's axis order is MATLAB's reversed: [t, s, (c,) ky, kx]."""

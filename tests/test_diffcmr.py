@@ -14,14 +14,6 @@ TINY = dict(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_
             rrdb_blocks=1, rrdb_channels=8, rrdb_growth=8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the CPU is shared: spinning threads only slow everyone down
-    yield
-    torch.set_num_threads(threads)
-
-
 # -- parameter counts from the architecture's description, layer by layer -----------------------------
 def _conv(cin, cout, k=3):
     return cin * cout * k * k + cout

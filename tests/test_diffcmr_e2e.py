@@ -18,14 +18,6 @@ SMALL_DATA = ["--data.num_train", "32", "--data.num_val", "8", "--data.num_test"
               "--data.num_workers", "0", "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the CPU is shared: spinning threads only slow everyone down
-    yield
-    torch.set_num_threads(threads)
-
-
 def _metric_column(csv_path, name):
     return [float(r[name]) for r in csv.DictReader(open(csv_path)) if r.get(name)]
 

@@ -16,15 +16,6 @@ from lightning_modules.utils import count_parameters
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: the CPU is shared (see tests/test_saca_unet.py); restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 TINY = dict(stem_channels=(4, 8, 16), embed_dim=16, num_heads=2, window_size=2)
 
 

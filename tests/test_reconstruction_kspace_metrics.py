@@ -11,14 +11,6 @@ from lightning_modules.losses.reconstruction import discriminator_loss, epsilon_
 from lightning_modules.metrics.reconstruction import nmse_per_slice, psnr_per_slice, ssim_per_slice
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the CPU is shared: spinning threads only slow everyone down
-    yield
-    torch.set_num_threads(threads)
-
-
 def _complex_image(rng, shape=(2, 3, 20, 24)):
     return rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
 

@@ -13,15 +13,6 @@ from lightning_modules.unext import UNeXt, _shift
 from lightning_modules.utils import count_parameters
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 spinning OpenMP threads per process made these
-    tests ~100x slower (measured); restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 SMALL = dict(channels=[8, 16, 32, 40, 64], img_size=64)
 
 

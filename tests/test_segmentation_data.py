@@ -13,16 +13,6 @@ from datamodules.segmentation import (ImageMaskFolderDataModule, StratifiedBatch
 from datamodules.standins.synthetic_lesions import SyntheticLesionDataModule, generate
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 spinning OpenMP threads per process made these
-    tests ~100x slower (measured); restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def write_png(path: Path, array: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path)

@@ -13,15 +13,6 @@ from datamodules.cvc_clinicdb import CVCClinicDBDataModule
 from datamodules.isic2018 import ISIC2018DataModule
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 spinning OpenMP threads per process made these
-    tests ~100x slower (measured); restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 RNG = np.random.default_rng(0)
 
 

@@ -17,16 +17,6 @@ DEMO = str(ROOT / "experiments" / "saca_unet_demo.yaml")
 QUIET = ["--trainer.enable_progress_bar", "false", "--data.num_workers", "0", "--trainer.log_every_n_steps", "1"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 spinning OpenMP threads per process made these
-    tests ~100x slower (measured); restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _column(path, name):
     return [float(row[name]) for row in csv.DictReader(open(path)) if row.get(name)]
 

@@ -10,16 +10,6 @@ from lightning_modules.losses.segmentation import SegmentationLoss
 from lightning_modules.metrics.segmentation import SegmentationMetrics, hard_prediction, ratios_from_counts
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 spinning OpenMP threads per process made these
-    tests ~100x slower (measured); restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def unext_bce_dice(logits, target, smooth=1e-5):
     """The UNeXt code's BCEDiceLoss, verbatim in substance (losses.py)."""
     bce = F.binary_cross_entropy_with_logits(logits, target)

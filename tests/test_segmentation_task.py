@@ -8,14 +8,6 @@ from lightning_modules.losses.segmentation import SegmentationLoss
 from lightning_modules.tasks.segmentation import SegmentationTask, overlay_figure
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 class TwoOutputs(nn.Module):
     """Main logits at full size and a side output at half size (deep supervision)."""
 

@@ -20,16 +20,6 @@ from lightning_modules.utils import count_parameters
 SMALL = dict(embed_dim=12, depths=(2, 2, 2, 2), num_heads=(2, 2, 4, 4), drop_path_rate=0.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    # The CPUs are shared: with 2 intra-op threads every small op waits on a busy sibling thread and the
-    # paper-size forward goes from ~0.2 s to ~3 s. Restore the setting for the rest of the session.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _pair(batch: int, *spatial: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.rand(batch, 1, *spatial), torch.rand(batch, 1, *spatial)
 
