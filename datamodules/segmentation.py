@@ -316,6 +316,8 @@ class SegmentationDataModule(BaseDataModule):
         stratified_batches: equal counts per stratum (``stratum``) in each training batch.
         preload: decode every image once in ``setup`` and keep it resized in memory (uint8).
         num_classes: 1 = binary masks (> 127); > 1 = the mask files hold label values 0..K-1.
+        standin_config: the offline demo that errors point to; default: the class's ``standin_config``
+            (a dataset several papers use names the demo of the paper the config is for).
     """
 
     #: the on-disk layout, shown in errors.
@@ -333,8 +335,10 @@ class SegmentationDataModule(BaseDataModule):
                  folds: int = 4, fold: int = 0, kfold_seed: int = 42, val_fraction: float = 0.1,
                  stratified_batches: bool = False, preload: bool = False, num_classes: int = 1,
                  batch_size: int = 8, num_workers: int = 4, pin_memory: Optional[bool] = None,
-                 eval_batch_size: Optional[int] = None) -> None:
+                 eval_batch_size: Optional[int] = None, standin_config: Optional[str] = None) -> None:
         super().__init__(batch_size, num_workers, pin_memory, eval_batch_size)
+        if standin_config:
+            self.standin_config = standin_config
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
         if len(size) != 2:
             raise ValueError(f"image_size must be an int or [height, width], got {image_size}")

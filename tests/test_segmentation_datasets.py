@@ -174,3 +174,14 @@ def test_missing_dataset_folder_points_to_the_standin(tmp_path):
         BUSIDataModule(str(tmp_path / "nowhere"), num_workers=0).setup()
     message = str(info.value)
     assert "nowhere" in message and "benign (1)_mask.png" in message and "saca_unet_demo.yaml" in message
+
+
+def test_a_config_names_its_own_paper_demo_in_data_errors(tmp_path):
+    from datamodules.base import DatasetError
+    from datamodules.busi import BUSIDataModule
+
+    module = BUSIDataModule(str(tmp_path / "nowhere"), standin_config="experiments/unet_gcn_demo.yaml")
+    with pytest.raises(DatasetError, match="run.py --config experiments/unet_gcn_demo.yaml"):
+        module.setup("fit")
+    with pytest.raises(DatasetError, match="saca_unet_demo.yaml"):  # the class default
+        BUSIDataModule(str(tmp_path / "nowhere")).setup("fit")
