@@ -1,4 +1,4 @@
-"""Audio file I/O for every audio dataset: soundfile decoding, mono downmix, polyphase resampling.
+"""What every audio dataset shares: soundfile decoding, mono downmix, polyphase resampling, a clip dataset.
 
 No torchaudio on our machines; soundfile reads WAV/FLAC/OGG (and MP3 with libsndfile >= 1.1). Errors are
 ``DatasetError`` naming the file, so a corrupt or missing clip stops the run with one clear message.
@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import os
 from fractions import Fraction
+from collections.abc import Sequence
 from typing import Optional
 
 import numpy as np
 import soundfile as sf
+import torch
 from scipy.signal import resample_poly
+from torch.utils.data import Dataset
 
 from datamodules.base import DatasetError, PathLike
 
@@ -83,3 +86,33 @@ def write_audio(path: PathLike, audio: np.ndarray, sample_rate: int, subtype: st
 def _error(path: PathLike, error: Exception, layout: Optional[str], standin_config: Optional[str]) -> DatasetError:
     problem = "Audio file not found" if not os.path.exists(path) else f"Cannot decode audio file ({error})"
     return DatasetError(problem, path=path, layout=layout, standin_config=standin_config)
+
+
+class AudioClipDataset(Dataset):
+    """Clips read with ``load_audio`` (mono, resampled to ``sample_rate``), zero-padded or cut to
+    ``clip_seconds``. Items: ``input`` (samples,) float32 and ``target``: an int64 class index, or, with
+    ``num_labels``, a float multi-hot vector built from the item's label indices."""
+
+    def __init__(self, paths: Sequence[str], targets: Sequence, sample_rate: int = 16000, clip_seconds: float = 10.0,
+                 num_labels: Optional[int] = None, layout: Optional[str] = None, standin_config: Optional[str] = None):
+        if len(paths) != len(targets):
+            raise ValueError(f"{len(paths)} clips but {len(targets)} targets")
+        self.paths, self.targets = list(paths), list(targets)
+        self.sample_rate, self.num_samples = sample_rate, int(round(clip_seconds * sample_rate))
+        self.num_labels, self.layout, self.standin_config = num_labels, layout, standin_config
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        audio, _ = load_audio(self.paths[index], self.sample_rate, layout=self.layout, standin_config=self.standin_config)
+        clip = np.zeros(self.num_samples, dtype=np.float32)
+        clip[: min(len(audio), self.num_samples)] = audio[: self.num_samples]
+        target = self.targets[index]
+        if self.num_labels is not None:
+            hot = torch.zeros(self.num_labels)
+            hot[torch.as_tensor(target, dtype=torch.long)] = 1.0
+            target = hot
+        else:
+            target = torch.tensor(int(target))
+        return {"input": torch.from_numpy(clip), "target": target}

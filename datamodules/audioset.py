@@ -18,9 +18,9 @@ from typing import Literal, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, WeightedRandomSampler
+from torch.utils.data import WeightedRandomSampler
 
-from datamodules.audio_io import load_audio
+from datamodules.audio_io import AudioClipDataset
 from datamodules.base import BaseDataModule, DatasetError
 
 STANDIN_CONFIG = "experiments/asda_demo.yaml"
@@ -38,36 +38,6 @@ LAYOUT = """\
 
 SPLIT_FILES = {"balanced_train": "balanced_train_segments.csv", "unbalanced_train": "unbalanced_train_segments.csv",
                "eval": "eval_segments.csv"}
-
-
-class AudioClipDataset(Dataset):
-    """Clips read with ``load_audio`` (mono, resampled to ``sample_rate``), zero-padded or cut to
-    ``clip_seconds``. Items: ``input`` (samples,) float32 and ``target``: an int64 class index, or, with
-    ``num_labels``, a float multi-hot vector built from the item's label indices."""
-
-    def __init__(self, paths: Sequence[str], targets: Sequence, sample_rate: int = 16000, clip_seconds: float = 10.0,
-                 num_labels: Optional[int] = None, layout: Optional[str] = None, standin_config: Optional[str] = None):
-        if len(paths) != len(targets):
-            raise ValueError(f"{len(paths)} clips but {len(targets)} targets")
-        self.paths, self.targets = list(paths), list(targets)
-        self.sample_rate, self.num_samples = sample_rate, int(round(clip_seconds * sample_rate))
-        self.num_labels, self.layout, self.standin_config = num_labels, layout, standin_config
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        audio, _ = load_audio(self.paths[index], self.sample_rate, layout=self.layout, standin_config=self.standin_config)
-        clip = np.zeros(self.num_samples, dtype=np.float32)
-        clip[: min(len(audio), self.num_samples)] = audio[: self.num_samples]
-        target = self.targets[index]
-        if self.num_labels is not None:
-            hot = torch.zeros(self.num_labels)
-            hot[torch.as_tensor(target, dtype=torch.long)] = 1.0
-            target = hot
-        else:
-            target = torch.tensor(int(target))
-        return {"input": torch.from_numpy(clip), "target": target}
 
 
 def read_class_labels(path: Path) -> dict[str, int]:

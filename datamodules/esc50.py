@@ -10,7 +10,7 @@ import csv
 from pathlib import Path
 from typing import Optional
 
-from datamodules.audioset import AudioClipDataset
+from datamodules.audio_io import AudioClipDataset
 from datamodules.base import BaseDataModule, DatasetError
 
 STANDIN_CONFIG = "experiments/asda_demo.yaml"
