@@ -38,17 +38,10 @@ class BUSIDataModule(SegmentationDataModule):
     def __init__(self, data_dir: str, use_classes: Sequence[str] = ("benign", "malignant"), **kwargs) -> None:
         kwargs.setdefault("image_size", 256)
         super().__init__(data_dir, **kwargs)
-        unknown = set(use_classes) - set(BUSI_CLASSES)
-        if unknown or not use_classes:
-            raise ValueError(f"use_classes must be a non-empty subset of {BUSI_CLASSES}, got {list(use_classes)}")
-        self.use_classes = tuple(use_classes)
-
-    def _root(self):
-        nested = self.data_dir / ROOT_NAME
-        return nested if nested.is_dir() else self.data_dir
+        self.use_classes = self.checked_classes(use_classes)
 
     def list_items(self) -> list[SegmentationItem]:
-        root = self._root()
+        root = self.release_root(ROOT_NAME)
         items = []
         for label in self.use_classes:
             folder = self.require_dir(root / label, f"class folder '{label}'")

@@ -37,17 +37,10 @@ class COVID19RadiographyDataModule(SegmentationDataModule):
     def __init__(self, data_dir: str, use_classes: Sequence[str] = ("COVID",), **kwargs) -> None:
         kwargs.setdefault("image_size", 256)
         super().__init__(data_dir, **kwargs)
-        unknown = set(use_classes) - set(COVID_CLASSES)
-        if unknown or not use_classes:
-            raise ValueError(f"use_classes must be a non-empty subset of {COVID_CLASSES}, got {list(use_classes)}")
-        self.use_classes = tuple(use_classes)
-
-    def _root(self):
-        nested = self.data_dir / ROOT_NAME
-        return nested if nested.is_dir() else self.data_dir
+        self.use_classes = self.checked_classes(use_classes)
 
     def list_items(self) -> list[SegmentationItem]:
-        root = self._root()
+        root = self.release_root(ROOT_NAME)
         items = []
         for label in self.use_classes:
             images = self.require_dir(root / label / "images", f"'{label}/images' folder")

@@ -380,6 +380,17 @@ class SegmentationDataModule(BaseDataModule):
     def error(self, problem: str, path: Optional[Path] = None, hint: Optional[str] = None) -> DatasetError:
         return DatasetError(problem, path=path, layout=self.layout, standin_config=self.standin_config, hint=hint)
 
+    def checked_classes(self, use_classes: Sequence[str]) -> tuple[str, ...]:
+        """``use_classes`` as a tuple, checked to be a non-empty subset of the dataset's ``classes``."""
+        if not use_classes or set(use_classes) - set(self.classes):
+            raise ValueError(f"use_classes must be a non-empty subset of {self.classes}, got {list(use_classes)}")
+        return tuple(use_classes)
+
+    def release_root(self, folder_name: str) -> Path:
+        """The release's top folder: ``data_dir`` itself, or ``data_dir/folder_name`` when given its parent."""
+        nested = self.data_dir / folder_name
+        return nested if nested.is_dir() else self.data_dir
+
     def require_dir(self, path: Path, what: str = "folder") -> Path:
         if not path.is_dir():
             raise self.error(f"{what} not found", path)
