@@ -4,8 +4,8 @@ import pytest
 import pywt
 import torch
 
-from lightning_modules.blocks.wavelet import (POOLINGS, HaarDWT, IEWADWTPool, MixedPool, StochasticPool,
-                                              make_pool)
+from lightning_modules.blocks.wavelet import (POOLINGS, GlobalContextPool, HaarDWT, IEWADWTPool, MixedPool,
+                                              PolynomialPool, SecondOrderPool, StochasticPool, make_pool)
 from lightning_modules.sfrseg_net import SFRSegNet
 from lightning_modules.utils import count_parameters
 
@@ -67,6 +67,77 @@ def test_mixed_and_stochastic_pooling():
     assert picks == {1.0, 3.0}
 
 
+def _window_members(x):
+    """Direct (B, C, h, w, 4) list of each 2 x 2 window's members, by strided slicing."""
+    return torch.stack([x[..., 0::2, 0::2], x[..., 0::2, 1::2], x[..., 1::2, 0::2], x[..., 1::2, 1::2]], dim=-1)
+
+
+def test_polynomial_pooling_spans_average_to_max():
+    x = torch.rand(2, 3, 8, 6, dtype=torch.float64) + 0.01
+    pool = PolynomialPool(3).double()
+    windows = _window_members(x)
+    # p = 1 (the initial value): sum x^2 / sum x, computed directly.
+    torch.testing.assert_close(pool(x), windows.square().sum(-1) / windows.sum(-1), rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        pool.p.fill_(0.0)
+    torch.testing.assert_close(pool(x), torch.nn.functional.avg_pool2d(x, 2))
+    with torch.no_grad():
+        pool.p.copy_(torch.tensor([2.0, 3.5, 0.5], dtype=torch.float64))
+    powers = pool.p.detach().view(1, 3, 1, 1, 1)
+    direct = (windows ** (powers + 1)).sum(-1) / (windows ** powers).sum(-1)
+    torch.testing.assert_close(pool(x), direct, rtol=1e-5, atol=1e-6)
+    # Between average and max, and at a large exponent it is max pooling.
+    out = pool(x)
+    assert (out >= torch.nn.functional.avg_pool2d(x, 2) - 1e-9).all()
+    assert (out <= torch.nn.functional.max_pool2d(x, 2) + 1e-9).all()
+    with torch.no_grad():
+        pool.p.fill_(500.0)
+    torch.testing.assert_close(pool(x), torch.nn.functional.max_pool2d(x, 2), rtol=0, atol=2e-3)
+    # An all-zero window gives 0, with a finite gradient; the exponent is learned.
+    zeros = torch.zeros(1, 3, 2, 2, dtype=torch.float64, requires_grad=True)
+    out = pool(zeros)
+    assert out.abs().max() == 0
+    out.sum().backward()
+    assert torch.isfinite(zeros.grad).all()
+    pool = PolynomialPool(3)
+    pool(torch.rand(1, 3, 4, 4)).sum().backward()
+    assert pool.p.grad is not None and pool.p.grad.abs().sum() > 0
+
+
+def test_second_order_pooling_reads_the_window_second_moment_matrix():
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 6, 8, dtype=torch.float64)
+    pool = SecondOrderPool(5).double()
+    windows = _window_members(x)  # (B, C, h, w, 4)
+    # At initialisation (U = V = I) the diagonal of G: root-mean-square pooling.
+    rms = windows.square().mean(-1).sqrt()
+    torch.testing.assert_close(pool(x), rms, rtol=0, atol=2e-2)
+    with torch.no_grad():
+        pool.left.weight.normal_()
+        pool.right.weight.normal_()
+    # Carreira et al.'s 2O-avg matrix G = 1/4 sum_i x_i x_i^T per window, read out by u_k^T G v_k.
+    gram = torch.einsum("bchwi,bdhwi->bhwcd", windows, windows) / 4
+    u, v = pool.left.weight[:, :, 0, 0].detach(), pool.right.weight[:, :, 0, 0].detach()
+    g = torch.einsum("kc,bhwcd,kd->bkhw", u, gram, v)
+    direct = g.sign() * ((g.abs() + pool.eps).sqrt() - pool.eps ** 0.5)
+    torch.testing.assert_close(pool(x), direct)
+    assert pool(x).shape == (2, 5, 3, 4)
+
+
+@pytest.mark.parametrize("mode", ["max", "avg"])
+def test_global_pooling_adds_the_whole_map_descriptor(mode):
+    x = torch.rand(2, 4, 8, 12)
+    local = torch.nn.functional.max_pool2d if mode == "max" else torch.nn.functional.avg_pool2d
+    whole = x.amax(dim=(-2, -1), keepdim=True) if mode == "max" else x.mean(dim=(-2, -1), keepdim=True)
+    out = GlobalContextPool(mode)(x)
+    assert out.shape == (2, 4, 4, 6)
+    torch.testing.assert_close(out, local(x, 2) + whole)
+    # A change in one corner reaches every output position (local pooling would change one).
+    y = x.clone()
+    y[..., 0, 0] += 5.0
+    assert (GlobalContextPool(mode)(y) != out).all()
+
+
 # -- the network ---------------------------------------------------------------------------------------------
 def test_parameter_count_of_the_cards_choice():
     """The paper gives no count ("lightweight"); the card's choice (Keras-style 2x2 ConvT, BN with two
@@ -78,6 +149,12 @@ def test_parameter_count_of_the_cards_choice():
         for pool in ("max", "avg", "mixed", "stochastic", "dwt_ll", "dwt_all"):
             assert count_parameters(SFRSegNet(pool=pool)) == 1_944_049
         assert count_parameters(SFRSegNet(pool="max_dwt")) == 1_944_049 + sum(2 * c * c + c for c in (16, 32, 64, 128))
+        # Table 2's other rivals: global max/avg are parameter-free; polynomial pooling learns one exponent
+        # per channel (+240), second-order pooling two C x C read-out maps per pooling layer (+43,520).
+        for pool in ("global_max", "global_avg"):
+            assert count_parameters(SFRSegNet(pool=pool)) == 1_944_049
+        assert count_parameters(SFRSegNet(pool="polynomial")) == 1_944_049 + 240
+        assert count_parameters(SFRSegNet(pool="second_order")) == 1_944_049 + 43_520
 
 
 def test_eighteen_convolutions_with_the_papers_filters():
@@ -99,6 +176,25 @@ def test_every_pooling_builds_trains_and_keeps_the_shape(pool):
     assert not missing
 
 
+@pytest.mark.parametrize("pool", ["polynomial", "second_order", "global_max", "global_avg"])
+def test_table2_poolings_fit_a_small_batch(pool):
+    """A tiny SFRSeg-Net with each Table 2 rival lowers BCE on a fixed batch (a dark disc to find)."""
+    torch.manual_seed(0)
+    rows, cols = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    masks = torch.stack([((rows - cy) ** 2 + (cols - cx) ** 2 < 36).float() for cy, cx in ((10, 12), (20, 18))])
+    images = (0.7 - 0.5 * masks + 0.1 * torch.rand(2, 32, 32))[:, None].expand(2, 3, 32, 32)
+    net = SFRSegNet(filters=(4, 8, 8, 16, 16), pool=pool)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(25):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(images), masks[:, None])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
 @pytest.mark.parametrize("size", [(128, 128), (64, 80)])
 def test_full_model_shapes(size):
     net = SFRSegNet().eval()
@@ -109,7 +205,11 @@ def test_full_model_shapes(size):
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="unknown pooling"):
-        make_pool("polynomial", 8)
+        make_pool("bogus", 8)
+    with pytest.raises(ValueError, match="p_init"):
+        PolynomialPool(4, p_init=-1.0)
+    with pytest.raises(ValueError, match="mode"):
+        GlobalContextPool("min")
     with pytest.raises(ValueError, match="divisible by 16"):
         SFRSegNet()(torch.rand(1, 3, 40, 40))
 
