@@ -169,6 +169,28 @@ def test_ddpm_step_is_algorithm_2_with_the_posterior_variance():
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_clip_range_bounds_the_predicted_x0(sampler):
+    """x0-hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) is clamped to clip_range: the code's [-1, 1]
+    lets a small positive bias of eps push x0-hat far below the [0, 1] images; [0, 1] does not."""
+    x, eps = torch.zeros(1, 1, 4, 4), torch.full((1, 1, 4, 4), 0.05)  # eps biased by +0.05 at x_t = 0
+    t = 30
+    outputs = {}
+    for clip in ((-1.0, 1.0), (0.0, 1.0)):
+        scheduler = _task(inference_steps=50, clip_range=clip, sampler=sampler).make_scheduler(50, sampler)
+        if sampler == "ddim":
+            scheduler.set_timesteps(10)
+            t = int(scheduler.timesteps[2])
+        abar = scheduler.alphas_cumprod[t]
+        unclamped = -(1 - abar).sqrt() * 0.05 / abar.sqrt()
+        step = scheduler.step(eps, t, x, generator=torch.Generator().manual_seed(0))
+        outputs[clip] = step[1]
+        assert torch.allclose(step[1], unclamped.clamp(*clip).expand_as(x), atol=1e-6)
+    assert outputs[(-1.0, 1.0)].max() < -0.1 and outputs[(0.0, 1.0)].min() == 0.0
+    with pytest.raises(ValueError, match="clip_range"):
+        _task(clip_range=(1.0, 0.0))
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
 def test_sampler_shapes_determinism_and_ensembling(sampler):
     torch.manual_seed(0)
     task = _task(inference_steps=10, rounds=3, sampler=sampler, ddim_steps=4).eval()

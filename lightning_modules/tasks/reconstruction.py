@@ -12,7 +12,7 @@ tables) as ``test/psnr``, ``test/psnr_zero_filled``, ...
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,7 @@ from lightning_modules.tasks.base import BaseTask
 METRICS = ("psnr", "ssim", "nmse")
 MAX_BETA = 0.999
 SAMPLING_OPTIONS = ("inference_steps", "rounds", "variance", "sampler", "ddim_steps", "ddim_eta", "clip_denoised",
-                    "report_single_round", "sample_seed")
+                    "clip_range", "report_single_round", "sample_seed")
 
 
 class ReconstructionTask(BaseTask):
@@ -209,7 +209,11 @@ class DiffusionReconstructionTask(ReconstructionTask):
         variance: ``"fixed_large"`` (sigma_t^2 = beta_t, the code) or ``"fixed_small"`` (beta-tilde_t, Algorithm 2).
         sampler: ``"ddpm"`` (the paper) or ``"ddim"``.
         ddim_steps, ddim_eta: DDIM's number of steps and stochasticity.
-        clip_denoised: clamp the predicted x0 to [-1, 1] at every step (the code).
+        clip_denoised: clamp the predicted x0 to ``clip_range`` at every step (the code).
+        clip_range: (min, max) of that clamp. The code's is improved diffusion's [-1, 1], although its
+            images are max-normalised magnitudes in [0, 1]; ``[0, 1]``, the data's own range, keeps an
+            under-trained network's small noise-estimate bias (amplified by 1 / sqrt(abar_t) at high t)
+            from darkening the whole chain (see docs/papers/diffcmr.md).
         report_single_round: also log ``test/{psnr,ssim,nmse}_r1``: the first round alone (R = 1).
         sample_seed: seed of the sampling noise in test/predict (per batch: seed + batch index), so a
             test is reproducible; ``None`` draws from the global generator.
@@ -225,7 +229,8 @@ class DiffusionReconstructionTask(ReconstructionTask):
     def __init__(self, network: nn.Module, train_steps: int = 100, inference_steps: int = 1000, rounds: int = 4,
                  variance: Literal["fixed_large", "fixed_small"] = "fixed_large",
                  sampler: Literal["ddpm", "ddim"] = "ddpm", ddim_steps: int = 50, ddim_eta: float = 0.0,
-                 clip_denoised: bool = True, report_single_round: bool = True, sample_seed: Optional[int] = 0,
+                 clip_denoised: bool = True, clip_range: Sequence[float] = (-1.0, 1.0),
+                 report_single_round: bool = True, sample_seed: Optional[int] = 0,
                  figure_every_n_epochs: int = 1,
                  optimizer: OptimizerCallable = torch.optim.AdamW,
                  lr_scheduler: Optional[LRSchedulerCallable] = None):
@@ -250,6 +255,9 @@ class DiffusionReconstructionTask(ReconstructionTask):
         self.ddim_steps = ddim_steps
         self.ddim_eta = ddim_eta
         self.clip_denoised = clip_denoised
+        if len(clip_range) != 2 or clip_range[0] >= clip_range[1]:
+            raise ValueError(f"clip_range must be (min, max) with min < max, got {clip_range}")
+        self.clip_range = (float(clip_range[0]), float(clip_range[1]))
         self.sample_seed = sample_seed
         self.train_scheduler = self.make_scheduler(train_steps)
 
@@ -263,10 +271,12 @@ class DiffusionReconstructionTask(ReconstructionTask):
         beta_start, beta_end = linear_beta_range(num_steps)
         if sampler == "ddim":
             scheduler = DDIMScheduler(num_train_timesteps=num_steps, schedule="linear_beta", beta_start=beta_start,
-                                      beta_end=beta_end, clip_sample=self.clip_denoised)
+                                      beta_end=beta_end, clip_sample=self.clip_denoised,
+                                      clip_sample_min=self.clip_range[0], clip_sample_max=self.clip_range[1])
         else:
             scheduler = DDPMScheduler(num_train_timesteps=num_steps, schedule="linear_beta", beta_start=beta_start,
-                                      beta_end=beta_end, variance_type=self.variance, clip_sample=self.clip_denoised)
+                                      beta_end=beta_end, variance_type=self.variance, clip_sample=self.clip_denoised,
+                                      clip_sample_min=self.clip_range[0], clip_sample_max=self.clip_range[1])
         if beta_end > MAX_BETA:
             scheduler.betas = scheduler.betas.clamp(max=MAX_BETA)
             scheduler.alphas = 1.0 - scheduler.betas
