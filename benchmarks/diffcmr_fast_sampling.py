@@ -65,9 +65,15 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--max_batches", type=int, default=None)
+    parser.add_argument("--clip_range", type=float, nargs=2, default=None,
+                        help="x0 clamp (a sampling option, not in checkpoints); default: the config's, else [-1, 1]")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
+    clip_range = args.clip_range
+    if clip_range is None:
+        model_args = (yaml.safe_load(Path(args.config).read_text()).get("model") or {}).get("init_args") or {}
+        clip_range = model_args.get("clip_range", (-1.0, 1.0))
     datamodule = build_datamodule(Path(args.config), args.data_dir)
     datamodule.setup("test")
     loader = datamodule.test_dataloader()
@@ -82,7 +88,8 @@ def main(argv=None) -> None:
         for name, steps, ddim_steps in settings:
             task = DiffusionReconstructionTask.load_from_checkpoint(
                 args.ckpt, map_location=device, inference_steps=steps, rounds=rounds,
-                sampler="ddim" if ddim_steps else "ddpm", ddim_steps=ddim_steps or 50).eval()
+                sampler="ddim" if ddim_steps else "ddpm", ddim_steps=ddim_steps or 50,
+                clip_range=clip_range).eval()
             metrics, seconds = evaluate(task, loader, device)
             reference_time = reference_time or seconds
             label = f"DDPM T={steps}" if not ddim_steps else f"DDIM {ddim_steps} steps (of T={steps})"
