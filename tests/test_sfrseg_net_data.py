@@ -137,11 +137,7 @@ def test_test_noise_perturbs_only_the_test_images(mode):
 
 
 def test_classical_baselines_find_a_dark_pocket():
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from sfrseg_classical_baselines import dice_iou, kmeans_dark, otsu_dark
+    from lightning_modules.classical_segmentation import dice_iou, kmeans_dark, otsu_dark
 
     grey = np.full((32, 32), 200.0)
     grey[8:16, 8:24] = 20.0
