@@ -47,14 +47,13 @@ def main() -> None:
     print(f"{len(images)} test images ({'real' if args.data_dir else 'stand-in'})")
     print("| method | DSC | JI | paper DSC / JI (real data) | s / image |")
     print("|---|---|---|---|---|")
+    cluster_options = {"K-means": {"k": args.k}, "FCM": {"c": args.k}}
     for name in args.methods:
-        method = METHODS[name]
-        if name == "K-means" or name == "FCM":
-            method = partial(method, **({"k": args.k} if name == "K-means" else {"c": args.k}))
+        method = partial(METHODS[name], **cluster_options.get(name, {}))
         start = time.perf_counter()
         scores = np.array([dice_iou(method(image.mean(-1)), mask) for image, mask in zip(images, masks)])
         seconds = (time.perf_counter() - start) / len(images)
-        label = f"{name} (k={args.k})" if name in ("K-means", "FCM") else name
+        label = f"{name} (k={args.k})" if name in cluster_options else name
         print(f"| {label} | {scores[:, 0].mean():.4f} +- {scores[:, 0].std(ddof=1):.4f} | "
               f"{scores[:, 1].mean():.4f} +- {scores[:, 1].std(ddof=1):.4f} | "
               f"{PAPER[name][0]:.4f} / {PAPER[name][1]:.4f} | {seconds:.3f} |", flush=True)

@@ -53,7 +53,7 @@ def test_diffcmr_checkpoint_reloads_without_the_cli(diffcmr_run):
                                                              clip_range=cli.model.clip_range)
     assert type(model.network).__name__ == "DiffCMR" and model.network.unet.model_channels == 32
     # The reference: the CLI-built module with the checkpoint's (EMA-averaged) weights.
-    reference = cli.model
+    reference = cli.model  # (a deepcopy would copy the attached W&B run, which cannot be copied)
     reference.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["state_dict"])
     condition = torch.rand(2, 1, 32, 32)
     reference.eval(), model.eval()

@@ -108,4 +108,5 @@ def test_fcm_and_metric_errors():
     prediction = np.zeros((4, 4), bool)
     prediction[1:3] = True
     assert dice_iou(prediction, target) == pytest.approx((0.5, 1 / 3))
+    assert dice_iou(np.zeros((4, 4), bool), target) == (0.0, 0.0)  # missed lesion
     assert not otsu_dark(np.zeros((4, 4))).any()
