@@ -17,7 +17,8 @@ from typing import Optional
 
 import numpy as np
 
-from datamodules.base import BaseDataModule, DatasetError, InMemorySubjects, RegistrationPairDataset
+from datamodules.base import BaseDataModule, DatasetError
+from datamodules.registration import InMemorySubjects, RegistrationPairDataset
 
 STANDIN_CONFIG = "experiments/fnoreg_demo.yaml"
 DOWNLOAD_URL = "https://github.com/adalca/medical-datasets/blob/master/neurite-oasis.md"

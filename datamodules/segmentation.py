@@ -38,6 +38,7 @@ import torch.distributed as dist
 from torch.utils.data import Dataset, DistributedSampler
 
 from datamodules.base import BaseDataModule, DatasetError
+from datamodules.splits import holdout_split, kfold_split
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -215,29 +216,8 @@ def read_image(path: Path, channels: int, error: Callable[[str, Path], Exception
 
 
 # --------------------------------------------------------------------------------------------
-# Splits and the stratified sampler
+# The stratified sampler (splits: datamodules/splits.py)
 # --------------------------------------------------------------------------------------------
-
-
-def holdout_split(num_items: int, test_size: float = 0.2, random_state: int = 41,
-                  stratify: Optional[Sequence] = None) -> tuple[list[int], list[int]]:
-    """(train, test) indices: sklearn's ``train_test_split`` as in the UNeXt code (test 20 %, seed 41)."""
-    from sklearn.model_selection import train_test_split
-
-    train, test = train_test_split(list(range(num_items)), test_size=test_size, random_state=random_state,
-                                   stratify=None if stratify is None else list(stratify))
-    return list(train), list(test)
-
-
-def kfold_split(labels: Sequence, folds: int, fold: int, random_state: int = 42) -> tuple[list[int], list[int]]:
-    """(train, test) indices of fold ``fold`` of ``StratifiedKFold(folds, shuffle=True, random_state)``."""
-    from sklearn.model_selection import StratifiedKFold
-
-    if not 0 <= fold < folds:
-        raise ValueError(f"fold must be in [0, {folds}), got {fold}")
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=random_state)
-    train, test = list(splitter.split(np.zeros(len(labels)), list(labels)))[fold]
-    return train.tolist(), test.tolist()
 
 
 class StratifiedBatchSampler(DistributedSampler):

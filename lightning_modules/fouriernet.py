@@ -18,7 +18,8 @@ from monai.networks.blocks import Convolution
 from monai.networks.layers import Conv
 from torch import nn
 
-from lightning_modules.voxelmorph import init_small_output, pad_to_multiple
+from lightning_modules.blocks.init import init_small_output
+from lightning_modules.blocks.padding import pad_to_multiple
 
 __all__ = ["FourierNet", "band_limited_to_full"]
 

@@ -51,7 +51,9 @@ from monai.networks.blocks import Convolution, MLPBlock
 from monai.networks.layers import Conv, DropPath, Pool
 from torch import nn
 
-from lightning_modules.voxelmorph import init_small_output, pad_to_multiple, voxels_to_normalised
+from lightning_modules.blocks.init import init_small_output
+from lightning_modules.blocks.padding import pad_to_multiple
+from lightning_modules.blocks.warp import voxels_to_normalised
 
 __all__ = [
     "TransMorph",

@@ -21,13 +21,14 @@ from monai.networks.blocks import Convolution
 from monai.networks.layers import Conv
 from torch import nn
 
+from lightning_modules.blocks.init import init_small_output
+from lightning_modules.blocks.padding import pad_to_multiple
+from lightning_modules.blocks.warp import voxels_to_normalised
+
 __all__ = [
     "VoxelMorph",
     "VoxelMorphHuge",
     "VoxelMorphLarge",
-    "init_small_output",
-    "pad_to_multiple",
-    "voxels_to_normalised",
 ]
 
 # VxmDense_1 in the TransMorph repo leaves nb_unet_features=None, so the Unet default applies.
@@ -38,39 +39,6 @@ VXM_HUGE_ENCODER = (14, 28, 144, 320)
 VXM_HUGE_DECODER = (1152, 1152, 320, 144, 28, 14, 14)
 
 
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[slice, ...]]:
-    """Zero-pad the spatial dims at their end up to a multiple; return the tensor and the crop back.
-
-    The references assume sizes divisible by their total stride (all paper sizes are); padding
-    lets other sizes run. Zero matches the background of skull-stripped, [0, 1] scaled MRI.
-    """
-    spatial = x.shape[2:]
-    extra = [(-n) % multiple for n in spatial]
-    crop = (slice(None), slice(None)) + tuple(slice(0, n) for n in spatial)
-    if not any(extra):
-        return x, crop
-    pads: list[int] = []
-    for e in reversed(extra):  # F.pad lists the last dim first
-        pads += [0, e]
-    return F.pad(x, pads), crop
-
-
-def voxels_to_normalised(flow: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
-    """Voxel displacement -> normalised units for grid_sample(align_corners=True), in float32.
-
-    float32 so that a bf16 autocast forward does not also round the scale 2/(n-1).
-    """
-    scale = torch.tensor([2.0 / max(n - 1, 1) for n in spatial_shape], device=flow.device, dtype=torch.float32)
-    return flow.float() * scale.view(1, -1, *([1] * len(spatial_shape)))
-
-
-def init_small_output(conv: nn.Module) -> None:
-    """VoxelMorph's flow-layer init: N(0, 1e-5) weights, zero bias, so training starts near identity."""
-    nn.init.normal_(conv.weight, mean=0.0, std=1e-5)
-    if conv.bias is not None:
-        nn.init.zeros_(conv.bias)
 
 
 def _leaky_conv(spatial_dims: int, in_channels: int, out_channels: int, stride: int = 1) -> Convolution:

@@ -10,7 +10,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lightning_modules.metrics.classification import ClassPrior, classification_metrics
-from lightning_modules.tasks.classification import ClassificationTask, parameter_groups, scale_group_lrs
+from lightning_modules.tasks.classification import ClassificationTask
+from lightning_modules.tasks.optim import parameter_groups, scale_group_lrs
 
 
 def test_map_and_accuracy_match_scikit_learn():

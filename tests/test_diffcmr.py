@@ -6,7 +6,8 @@ import torch
 
 from lightning_modules.blocks.diffusion_unet import timestep_embedding
 from lightning_modules.diffcmr import DiffCMR
-from lightning_modules.recon_baselines import ConditionalPatchDiscriminator, ReconstructionUNet
+from lightning_modules.patch_discriminator import ConditionalPatchDiscriminator
+from lightning_modules.reconstruction_unet import ReconstructionUNet
 from lightning_modules.tasks.reconstruction import DiffusionReconstructionTask, linear_beta_range
 from lightning_modules.utils import count_parameters
 

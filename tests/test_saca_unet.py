@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from lightning_modules.blocks.aspp import ASPP, CrossASPP
 from lightning_modules.blocks.attention import ChannelAttention, GlobalBlock, relative_position_index
 from lightning_modules.saca_unet import SACAUNet
-from lightning_modules.seg_baselines import AttentionUNet, UNet
+from lightning_modules.attention_unet import AttentionUNet
+from lightning_modules.unet import UNet
 from lightning_modules.unext import UNeXt, _shift
 from lightning_modules.utils import count_parameters
 

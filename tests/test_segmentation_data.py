@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from datamodules.base import DatasetError
-from datamodules.segmentation import (ImageMaskFolderDataModule, StratifiedBatchSampler, holdout_split,
-                                      kfold_split, resolve_augmentation)
+from datamodules.segmentation import ImageMaskFolderDataModule, StratifiedBatchSampler, resolve_augmentation
+from datamodules.splits import holdout_split, kfold_split
 from datamodules.standins.synthetic_lesions import SyntheticLesionDataModule, generate
 
 

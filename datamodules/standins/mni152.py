@@ -18,7 +18,8 @@ from typing import Literal, Optional
 import numpy as np
 from scipy import ndimage
 
-from datamodules.base import BaseDataModule, EpochSeededRandomSampler, InMemorySubjects, RegistrationPairDataset
+from datamodules.base import BaseDataModule, EpochSeededRandomSampler
+from datamodules.registration import InMemorySubjects, RegistrationPairDataset
 
 #: target axis -> (axis of the MNI volume (x=L->R, y=P->A, z=I->S), direction); then the slice axis.
 SLICE_ORIENTATIONS = {

@@ -6,6 +6,8 @@ what lets a model trained at 0.5x be evaluated at 1x.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,6 +24,15 @@ def normalised_to_voxels(displacement: torch.Tensor) -> torch.Tensor:
     sizes = displacement.shape[2:]
     scale = torch.tensor([(n - 1) / 2.0 for n in sizes], device=displacement.device, dtype=displacement.dtype)
     return displacement * scale.view(1, -1, *([1] * len(sizes)))
+
+
+def voxels_to_normalised(flow: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
+    """Voxel displacement -> normalised units for grid_sample(align_corners=True), in float32.
+
+    float32 so that a bf16 autocast forward does not also round the scale 2/(n-1).
+    """
+    scale = torch.tensor([2.0 / max(n - 1, 1) for n in spatial_shape], device=flow.device, dtype=torch.float32)
+    return flow.float() * scale.view(1, -1, *([1] * len(spatial_shape)))
 
 
 def warp(image: torch.Tensor, displacement: torch.Tensor, mode: str = "bilinear",

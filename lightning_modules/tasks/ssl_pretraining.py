@@ -13,7 +13,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from lightning_modules.tasks.base import BaseTask
-from lightning_modules.tasks.classification import parameter_groups
+from lightning_modules.tasks.optim import parameter_groups
 
 
 def annealed_decay(start: float, end: float, step: int, total_steps: int) -> float:

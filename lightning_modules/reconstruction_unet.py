@@ -1,12 +1,10 @@
-"""Baselines of DiffCMR's Tables 2 and 3: the U-Net regression network (fastMRI's U-Net, the usual
-reconstruction U-Net; the paper cites Ronneberger et al. without settings) and the cGAN's
-discriminator (a conditional PatchGAN from MONAI). Layer names follow fastMRI's ``Unet`` so its
-checkpoints load directly."""
+"""The reconstruction U-Net of fastMRI (``Unet``), DiffCMR's U-Net baseline (Tables 2 and 3; the paper cites
+Ronneberger et al. without settings) and the cGAN baseline's generator. Layer names follow fastMRI's
+``Unet`` so its checkpoints load directly."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from monai.networks.nets import PatchDiscriminator
 from torch import nn
 
 
@@ -83,15 +81,3 @@ class ReconstructionUNet(nn.Module):
                 output = F.pad(output, pad, "reflect")
             output = conv(torch.cat([output, skip], dim=1))
         return output
-
-
-class ConditionalPatchDiscriminator(PatchDiscriminator):
-    """pix2pix's 70x70 PatchGAN (64 -> 128 -> 256 -> 512 features, 4x4 convs, batch norm) on the pair
-    (I^u, image) stacked as 2 channels; returns the logit map (MONAI's returns every layer's output)."""
-
-    def __init__(self, image_channels: int = 1, channels: int = 64, num_layers_d: int = 3):
-        super().__init__(spatial_dims=2, channels=channels, in_channels=2 * image_channels, out_channels=1,
-                         num_layers_d=num_layers_d, kernel_size=4, norm="BATCH", bias=False, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return super().forward(x)[-1]

@@ -1,9 +1,9 @@
-"""Segmentation baselines of SACA-UNet's Table IV: U-Net and Attention U-Net.
+"""U-Net (Ronneberger et al. 2015), a baseline of SACA-UNet's Table IV and SFRSeg-Net's Table 6.
 
-Both follow the widely used PyTorch implementations of LeeJunHyun/Image_Segmentation (``U_Net`` and
+It follows the widely used PyTorch implementations of LeeJunHyun/Image_Segmentation (``U_Net`` and
 ``AttU_Net``, the form in which most 2D medical segmentation comparisons run them): widths 64-1024,
 two Conv3x3-BN-ReLU per level, 2x2 max pooling, nearest x2 upsampling + Conv3x3-BN-ReLU, concatenated
-skips; Attention U-Net adds Oktay et al.'s additive attention gates on the skips. (MONAI's
+skips (Attention U-Net, with Oktay et al.'s attention gates on the skips, is in ``attention_unet.py``). (MONAI's
 ``AttentionUnet`` downsamples by strided convolutions and MONAI's ``UNet`` uses residual units, so
 neither is this network.) Module names match that code, so its state dicts load unchanged.
 UNeXt is in ``lightning_modules/unext.py``, MTUNet in ``lightning_modules/mtunet.py``.
@@ -15,47 +15,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from lightning_modules.blocks.conv import AttentionGate, ConvBlock, UpConv
+
 UNET_FEATURES = (64, 128, 256, 512, 1024)
-
-
-class ConvBlock(nn.Module):
-    """Two Conv3x3 -> BN -> ReLU."""
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=True), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
-            nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=True), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
-
-
-class UpConv(nn.Module):
-    """Nearest x2 upsampling -> Conv3x3 -> BN -> ReLU."""
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__()
-        self.up = nn.Sequential(
-            nn.Upsample(scale_factor=2), nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=True),
-            nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.up(x)
-
-
-class AttentionGate(nn.Module):
-    """Additive attention gate: ``x * sigmoid(BN(psi(relu(W_g g + W_x x))))`` (Oktay et al. 2018)."""
-
-    def __init__(self, gate_channels: int, skip_channels: int, inter_channels: int) -> None:
-        super().__init__()
-        self.W_g = nn.Sequential(nn.Conv2d(gate_channels, inter_channels, 1, bias=True), nn.BatchNorm2d(inter_channels))
-        self.W_x = nn.Sequential(nn.Conv2d(skip_channels, inter_channels, 1, bias=True), nn.BatchNorm2d(inter_channels))
-        self.psi = nn.Sequential(nn.Conv2d(inter_channels, 1, 1, bias=True), nn.BatchNorm2d(1), nn.Sigmoid())
-        self.relu = nn.ReLU(inplace=True)
-
-    def forward(self, gate: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return skip * self.psi(self.relu(self.W_g(gate) + self.W_x(skip)))
 
 
 class UNet(nn.Module):
@@ -102,10 +64,3 @@ class UNet(nn.Module):
                 skip = getattr(self, f"Att{level}")(gate=out, skip=skip)
             out = getattr(self, f"Up_conv{level}")(torch.cat([skip, out], dim=1))
         return self.Conv_1x1(out)
-
-
-class AttentionUNet(UNet):
-    """Attention U-Net (Oktay et al. 2018): U-Net with attention gates on the skips."""
-
-    def __init__(self, in_channels: int = 3, num_classes: int = 1, features: Sequence[int] = UNET_FEATURES) -> None:
-        super().__init__(in_channels, num_classes, features, attention=True)

@@ -12,7 +12,9 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from lightning_modules.bus_baselines import HAAM, AAUNet, SegNet, UNet3Plus
+from lightning_modules.aaunet import HAAM, AAUNet
+from lightning_modules.segnet import SegNet
+from lightning_modules.unet3plus import UNet3Plus
 from lightning_modules.tasks.segmentation import SegmentationTask
 from lightning_modules.utils import count_parameters
 
