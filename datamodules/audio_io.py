@@ -17,6 +17,7 @@ from scipy.signal import resample_poly
 from torch.utils.data import Dataset
 
 from datamodules.base import DatasetError, PathLike
+from lightning_modules.batch import AUDIO, LABEL
 
 
 def audio_info(path: PathLike, *, layout: Optional[str] = None, standin_config: Optional[str] = None):
@@ -115,4 +116,4 @@ class AudioClipDataset(Dataset):
             target = hot
         else:
             target = torch.tensor(int(target))
-        return {"input": torch.from_numpy(clip), "target": target}
+        return {AUDIO: torch.from_numpy(clip), LABEL: target}

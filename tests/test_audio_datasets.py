@@ -51,12 +51,12 @@ def test_audioset_reads_the_official_csvs_and_clip_folders(tmp_path):
         dm.setup("fit")
     assert len(dm.train_set) == 3 and len(dm.test_set) == 2 and dm.val_set is dm.test_set
     item = dm.train_set[0]
-    assert item["input"].shape == (160000,) and item["input"].dtype == torch.float32  # 32 kHz 10.5 s -> 16 kHz 10 s
-    assert torch.equal(torch.nonzero(item["target"]).flatten(), torch.tensor([0, 5])) and item["target"].shape == (527,)
-    short = dm.train_set[1]["input"]
+    assert item["audio"].shape == (160000,) and item["audio"].dtype == torch.float32  # 32 kHz 10.5 s -> 16 kHz 10 s
+    assert torch.equal(torch.nonzero(item["label"]).flatten(), torch.tensor([0, 5])) and item["label"].shape == (527,)
+    short = dm.train_set[1]["audio"]
     assert short[64000:].abs().max() == 0 and short[:64000].abs().max() > 0.2  # 4 s clip zero-padded to 10 s
     batch = next(iter(dm.train_dataloader()))
-    assert batch["input"].shape == (2, 160000) and batch["target"].shape == (2, 527)
+    assert batch["audio"].shape == (2, 160000) and batch["label"].shape == (2, 527)
 
 
 def test_audioset_missing_clips_can_be_an_error_and_missing_csv_names_the_layout(tmp_path):
@@ -97,9 +97,9 @@ def test_speech_commands_official_split_and_35_classes(tmp_path):
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (35, 35, 35)
     assert dm.num_classes == 35 and WORDS.index("zero") == 34
     item = dm.train_set[0]  # backward/0000abcd_nohash_0.wav, 0.8 s -> padded to 1 s
-    assert item["input"].shape == (16000,) and int(item["target"]) == 0 and item["input"][12800:].abs().max() == 0
+    assert item["audio"].shape == (16000,) and int(item["label"]) == 0 and item["audio"][12800:].abs().max() == 0
     assert all(not p.endswith("white_noise.wav") for p in dm.train_set.paths)
-    assert int(dm.test_set[34]["target"]) == 34
+    assert int(dm.test_set[34]["label"]) == 34
 
 
 def test_speech_commands_missing_listed_file_and_corrupt_clip(tmp_path):
@@ -134,8 +134,8 @@ def test_esc50_folds_and_resampling(tmp_path):
     assert len(dm.train_set) == 8 and len(dm.test_set) == 2 and dm.val_set is dm.test_set
     assert all(Path(p).name.startswith("3-") for p in dm.test_set.paths)
     item = dm.test_set[0]
-    assert item["input"].shape == (80000,) and int(item["target"]) == 14  # 5 s at 16 kHz; row i=2: target 14
-    spectrum = np.abs(np.fft.rfft(item["input"].numpy()))
+    assert item["audio"].shape == (80000,) and int(item["label"]) == 14  # 5 s at 16 kHz; row i=2: target 14
+    spectrum = np.abs(np.fft.rfft(item["audio"].numpy()))
     assert np.argmax(spectrum) == pytest.approx(400 * 5, abs=2)  # the 400 Hz tone survives resampling
     with pytest.raises(ValueError, match="fold"):
         ESC50DataModule(tmp_path / "esc", fold=6)

@@ -93,7 +93,7 @@ class _Blobs(torch.utils.data.Dataset):
         return len(self.y)
 
     def __getitem__(self, i):
-        return {"input": self.x[i], "target": self.y[i]}
+        return {"image": self.x[i], "label": self.y[i]}
 
 
 def test_a_short_run_learns_and_beats_the_majority_class(tmp_path):
@@ -122,7 +122,7 @@ class _MultiBlobs(torch.utils.data.Dataset):
         return len(self.y)
 
     def __getitem__(self, i):
-        return {"input": self.x[i], "target": self.y[i]}
+        return {"image": self.x[i], "label": self.y[i]}
 
 
 def test_multilabel_run_with_float_multi_hot_targets_beats_the_prior(tmp_path):

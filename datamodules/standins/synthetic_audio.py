@@ -19,6 +19,7 @@ from scipy.signal import butter, chirp, sosfilt
 from torch.utils.data import Dataset
 
 from datamodules.base import BaseDataModule
+from lightning_modules.batch import AUDIO, LABEL
 
 CLASS_NAMES = ("tone", "up_chirp", "down_chirp", "am_tone", "fm_tone", "low_noise_burst", "high_noise_burst",
                "click_train", "harmonic_stack", "tone_pips")
@@ -100,7 +101,7 @@ class SyntheticAudioEvents(Dataset):
             target[torch.as_tensor(labels)] = 1.0
         else:
             target = torch.tensor(int(labels[0]))
-        return {"input": torch.from_numpy(clip.astype(np.float32)), "target": target}
+        return {AUDIO: torch.from_numpy(clip.astype(np.float32)), LABEL: target}
 
 
 class SyntheticAudioDataModule(BaseDataModule):

@@ -1,10 +1,11 @@
-"""What every task family shares: optimiser injection, the checkpoint metric, figure logging."""
+"""What every task family shares: optimiser and scheduler injection, the checkpoint metric, figure cadence and
+logging, per-sample mean/std logging."""
 from __future__ import annotations
 
 import inspect
 import os
 import warnings
-from typing import Any, Optional
+from typing import Any, Literal, Mapping, Optional
 
 import torch
 from lightning.pytorch import LightningModule
@@ -25,17 +26,50 @@ class BaseTask(LightningModule):
     monitor_mode: str = "min"
 
     def __init__(self, optimizer: OptimizerCallable = torch.optim.Adam,
-                 lr_scheduler: Optional[LRSchedulerCallable] = None):
+                 lr_scheduler: Optional[LRSchedulerCallable] = None,
+                 scheduler_interval: Literal["epoch", "step"] = "epoch", figure_every_n_epochs: int = 1):
         super().__init__()
+        if scheduler_interval not in ("epoch", "step"):
+            raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
+        if figure_every_n_epochs < 0:
+            raise ValueError(f"figure_every_n_epochs must be >= 0, got {figure_every_n_epochs}")
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
+        self.scheduler_interval = scheduler_interval
+        self.figure_every_n_epochs = figure_every_n_epochs
+
+    def optimizer_parameters(self):
+        """What the optimiser is built over; tasks override it for parameter groups (no decay on norms, ...)."""
+        return self.parameters()
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.parameters())
+        optimizer = self.optimizer_factory(self.optimizer_parameters())
+        return self.with_scheduler(optimizer)
+
+    def with_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
+        """The optimiser alone, or with the injected scheduler stepping every ``scheduler_interval``
+        (``ReduceLROnPlateau`` reads ``monitor``)."""
         if self.lr_scheduler_factory is None:
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": self.monitor}}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval,
+                                                         "monitor": self.monitor}}
+
+    def figure_due(self) -> bool:
+        """Whether this validation epoch draws its figure: every ``figure_every_n_epochs`` epochs (0: never),
+        on rank 0, not in the sanity check."""
+        return (self.figure_every_n_epochs > 0 and not self.trainer.sanity_checking and self.trainer.is_global_zero
+                and self.current_epoch % self.figure_every_n_epochs == 0)
+
+    def log_mean_std(self, prefix: str, values: Mapping[str, torch.Tensor], std: bool = True) -> None:
+        """Log ``{prefix}/{name}`` as the NaN-ignoring mean over samples and ``{prefix}/{name}_std`` as their
+        sample standard deviation (0 for a single sample): the "mean +- std over test cases" of the papers."""
+        for name, value in values.items():
+            value = value.detach().float().flatten()
+            finite = value[~torch.isnan(value)]
+            self.log(f"{prefix}/{name}", finite.mean() if finite.numel() else value.new_tensor(float("nan")))
+            if std:
+                self.log(f"{prefix}/{name}_std", finite.std() if finite.numel() > 1 else value.new_zeros(()))
 
     def save_config_hyperparameters(self) -> None:
         """Save the caller's init arguments as hparams so ``load_from_checkpoint`` rebuilds the module.

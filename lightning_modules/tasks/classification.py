@@ -1,8 +1,9 @@
 """Classification (multi-class or multi-label) of any input: the task family of ASDA's fine-tuning and of
 later image classifiers.
 
-Batches are dicts with ``input`` (whatever the network takes: a waveform (B, samples), an image
-(B, C, H, W)) and ``target``: class indices (B,) for multi-class, multi-hot (B, C) for multi-label.
+Batches are dicts (lightning_modules/batch.py) with the network's input under ``input_key`` (``image``
+(B, C, H, W), ``audio`` (B, samples), ...) and the class target under ``target_key`` (``label``): class
+indices (B,) for multi-class, multi-hot (B, C) for multi-label.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
+from lightning_modules.batch import IMAGE, LABEL
 from lightning_modules.metrics.classification import ClassPrior, classification_metrics
 from lightning_modules.tasks.base import BaseTask
 from lightning_modules.tasks.optim import parameter_groups, scale_group_lrs
@@ -32,11 +34,13 @@ class ClassificationTask(BaseTask):
             probability ``mixup_prob`` (inputs and one-hot targets alike); 0 disables.
         layer_decay: layer-wise lr decay factor (ASDA fine-tuning 0.65); None: off.
         scheduler_interval: "step" (warm-up/cosine schedules counted in updates) or "epoch".
+        input_key, target_key: the batch keys of the network input and the class target.
     """
 
     def __init__(self, network: nn.Module, num_classes: int, multilabel: bool = False, label_smoothing: float = 0.0,
                  mixup_alpha: float = 0.0, mixup_prob: float = 1.0, layer_decay: Optional[float] = None,
                  scheduler_interval: Literal["step", "epoch"] = "step",
+                 input_key: str = IMAGE, target_key: str = LABEL,
                  optimizer: OptimizerCallable = torch.optim.AdamW, lr_scheduler: Optional[LRSchedulerCallable] = None):
         super().__init__(optimizer=optimizer, lr_scheduler=lr_scheduler)
         if multilabel and label_smoothing:
@@ -48,6 +52,7 @@ class ClassificationTask(BaseTask):
         self.mixup_alpha, self.mixup_prob = mixup_alpha, mixup_prob
         self.layer_decay = layer_decay
         self.scheduler_interval = scheduler_interval
+        self.input_key, self.target_key = input_key, target_key
         self.metric_name = "mAP" if multilabel else "acc"
         self.monitor, self.monitor_mode = f"val/{self.metric_name}", "max"
         self.val_metrics = classification_metrics(num_classes, multilabel).clone(prefix="val/")
@@ -92,7 +97,7 @@ class ClassificationTask(BaseTask):
         return F.cross_entropy(logits.float(), soft_target, label_smoothing=self.label_smoothing)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        x, y = self.mixup(batch["input"], self.soft_targets(batch["target"]))
+        x, y = self.mixup(batch[self.input_key], self.soft_targets(batch[self.target_key]))
         loss = self.loss(self(x), y)
         self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
         return loss
@@ -102,18 +107,18 @@ class ClassificationTask(BaseTask):
         return torch.sigmoid(logits.float()) if self.multilabel else logits.float().softmax(dim=-1)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        logits = self(batch["input"])
-        self.val_metrics.update(self._scores(logits), batch["target"].long())
-        self.log("val/loss", self.loss(logits, self.soft_targets(batch["target"])), batch_size=logits.shape[0])
+        logits = self(batch[self.input_key])
+        self.val_metrics.update(self._scores(logits), batch[self.target_key].long())
+        self.log("val/loss", self.loss(logits, self.soft_targets(batch[self.target_key])), batch_size=logits.shape[0])
 
     def on_validation_epoch_end(self) -> None:
         self.log_dict(self.val_metrics.compute())
         self.val_metrics.reset()
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        logits = self(batch["input"])
-        self.test_metrics.update(self._scores(logits), batch["target"].long())  # multi-hot floats -> ints
-        self.test_prior.update(batch["target"])
+        logits = self(batch[self.input_key])
+        self.test_metrics.update(self._scores(logits), batch[self.target_key].long())  # multi-hot floats -> ints
+        self.test_prior.update(batch[self.target_key])
 
     def on_test_epoch_end(self) -> None:
         self.log_dict(self.test_metrics.compute())
@@ -123,4 +128,4 @@ class ClassificationTask(BaseTask):
         self.test_prior.reset()
 
     def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self._scores(self(batch["input"]))
+        return self._scores(self(batch[self.input_key]))

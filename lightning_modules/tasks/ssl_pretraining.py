@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
+from lightning_modules.batch import AUDIO
 from lightning_modules.tasks.base import BaseTask
 from lightning_modules.tasks.optim import parameter_groups
 
@@ -29,6 +30,7 @@ class SelfDistillationPretraining(BaseTask):
         ema_decay, ema_end_decay, ema_anneal_end_step: teacher decay, linear from ``ema_decay`` to
             ``ema_end_decay`` over the first ``ema_anneal_end_step`` updates (ASDA: 0.9998 -> 0.99999 / 100k).
         scheduler_interval: "step" for update-counted warm-up/cosine schedules.
+        input_key: the batch key of the (unlabelled) network input.
     """
 
     monitor = "val/loss"
@@ -36,12 +38,13 @@ class SelfDistillationPretraining(BaseTask):
 
     def __init__(self, network: nn.Module, ema_decay: float = 0.9998, ema_end_decay: float = 0.99999,
                  ema_anneal_end_step: int = 100_000, scheduler_interval: Literal["step", "epoch"] = "step",
-                 optimizer: OptimizerCallable = torch.optim.AdamW, lr_scheduler: Optional[LRSchedulerCallable] = None):
+                 input_key: str = AUDIO, optimizer: OptimizerCallable = torch.optim.AdamW, lr_scheduler: Optional[LRSchedulerCallable] = None):
         super().__init__(optimizer=optimizer, lr_scheduler=lr_scheduler)
         self.save_config_hyperparameters()
         self.network = network
         self.ema_decay, self.ema_end_decay, self.ema_anneal_end_step = ema_decay, ema_end_decay, ema_anneal_end_step
         self.scheduler_interval = scheduler_interval
+        self.input_key = input_key
         self._last_teacher_step = 0
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -62,9 +65,9 @@ class SelfDistillationPretraining(BaseTask):
             self.log(f"{stage}/{name}", value, prog_bar=name == "loss", batch_size=batch_size)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        out = self(batch["input"])
-        self._log_losses(out, "train", batch["input"].shape[0])
-        self.log("train/ema_decay", self.current_ema_decay(), batch_size=batch["input"].shape[0])
+        out = self(batch[self.input_key])
+        self._log_losses(out, "train", batch[self.input_key].shape[0])
+        self.log("train/ema_decay", self.current_ema_decay(), batch_size=batch[self.input_key].shape[0])
         return out["loss"]
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
@@ -74,9 +77,9 @@ class SelfDistillationPretraining(BaseTask):
             self.network.update_teacher(self.current_ema_decay())
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._log_losses(self(batch["input"]), "val", batch["input"].shape[0])
+        self._log_losses(self(batch[self.input_key]), "val", batch[self.input_key].shape[0])
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._log_losses(self(batch["input"]), "test", batch["input"].shape[0])
+        self._log_losses(self(batch[self.input_key]), "test", batch[self.input_key].shape[0])
         if batch_idx == 0 and self.trainer.is_global_zero and hasattr(self.network, "figure"):
-            self.log_figure("test/pretraining_input", self.network.figure(batch["input"]))
+            self.log_figure("test/pretraining_input", self.network.figure(batch[self.input_key]))

@@ -1,0 +1,48 @@
+"""The batch vocabulary: the keys every dataset writes and every task reads.
+
+A batch is a dict. Datasets of every family use these names, and every task reads its input and target
+through ``input_key``/``target_key`` (defaults below), so any dataset feeds any task whose shapes match:
+an audio clip dataset feeds the classification task as well as the regression task, an image/mask
+dataset feeds segmentation, and an image/label dataset classification.
+
+Shapes are per batch (B first); ``*S`` is the spatial shape, 2D (H, W) or 3D (H, W, D).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+#: image input, float (B, C, *S); for reconstruction the degraded (e.g. zero-filled) image.
+IMAGE = "image"
+#: waveform input, float (B, samples) or (B, channels, samples).
+AUDIO = "audio"
+#: a multichannel signal that is neither image nor audio (EEG, wearable sensors, keypoint tracks), float (B, C, T, ...).
+SIGNAL = "signal"
+#: a clip of frames, float (B, T, C, H, W).
+VIDEO = "video"
+#: segmentation labels, (B, 1, *S): float 0/1 (binary) or int64 class indices (multi-class).
+MASK = "mask"
+#: class target: int64 index (B,) (multi-class) or multi-hot float (B, K) (multi-label).
+LABEL = "label"
+#: continuous target: a score (B,) for regression, a reference image (B, C, *S) for reconstruction.
+TARGET = "target"
+#: int64 (B,): the recording or subject a window was cut from; predictions are pooled per group.
+GROUP = "group"
+#: list[str] of sample identifiers (file stems), used for prediction files and figure titles.
+NAME = "name"
+#: registration pairs: images float (B, 1, *S) and their label maps int64 (B, 1, *S).
+FIXED, MOVING, FIXED_SEG, MOVING_SEG = "fixed", "moving", "fixed_seg", "moving_seg"
+#: source separation: the mixture (B, samples) and the sources (B, K, samples).
+MIXTURE, SOURCES = "mixture", "sources"
+#: int (B,): the sample rate of an audio item, where a dataset's clips differ.
+SAMPLE_RATE = "sample_rate"
+
+VOCABULARY = frozenset({IMAGE, AUDIO, SIGNAL, VIDEO, MASK, LABEL, TARGET, GROUP, NAME, FIXED, MOVING,
+                        FIXED_SEG, MOVING_SEG, MIXTURE, SOURCES, SAMPLE_RATE})
+
+
+def require(batch: Mapping, *keys: str, task: str = "this task") -> None:
+    """Fail with one readable message when a batch lacks keys a task needs (a dataset/task mismatch)."""
+    missing = [key for key in keys if key not in batch]
+    if missing:
+        raise KeyError(f"{task} needs batch keys {missing}, but the batch has {sorted(batch)}: set the task's "
+                       f"input_key/target_key to keys the dataset writes (lightning_modules/batch.py lists them)")
