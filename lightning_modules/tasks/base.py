@@ -12,6 +12,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+from torchmetrics import Metric, MetricCollection
 
 
 class BaseTask(LightningModule):
@@ -20,6 +21,11 @@ class BaseTask(LightningModule):
     ``optimizer``/``lr_scheduler`` are injected callables (jsonargparse dependency injection), so a
     paper's recipe lives in its YAML: ``optimizer: {class_path: torch.optim.Adam, init_args: {lr: 1e-4}}``.
     ``monitor``/``monitor_mode`` name the validation metric that selects the best checkpoint.
+
+    Every task also takes (and forwards here) ``scheduler_interval`` (when an injected scheduler steps) and
+    ``figure_every_n_epochs`` (validation figure cadence), and may accept ``metrics``: extra torchmetrics
+    injected from the config (``metrics: {f1: {class_path: torchmetrics.F1Score, init_args: {...}}}``),
+    which ``init_extra_metrics`` turns into one ``MetricCollection`` per stage (``val/``, ``test/``).
     """
 
     monitor: str = "val/loss"
@@ -37,6 +43,23 @@ class BaseTask(LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.scheduler_interval = scheduler_interval
         self.figure_every_n_epochs = figure_every_n_epochs
+
+    def init_extra_metrics(self, metrics: Optional[dict[str, Metric]]) -> None:
+        """Config-injected metrics, cloned per stage: ``self.extra_metrics["val"]`` logs ``val/<name>``."""
+        collection = MetricCollection(dict(metrics or {}))
+        self.extra_metrics = torch.nn.ModuleDict({stage: collection.clone(prefix=f"{stage}/")
+                                                 for stage in ("val", "test")})
+
+    def update_extra_metrics(self, stage: str, *args: Any) -> None:
+        """Update the injected metrics of ``stage`` with the task's (prediction, target) for them."""
+        if hasattr(self, "extra_metrics") and len(self.extra_metrics[stage]):
+            self.extra_metrics[stage].update(*args)
+
+    def log_extra_metrics(self, stage: str) -> None:
+        """Compute, log and reset the injected metrics of ``stage`` (call at the epoch end)."""
+        if hasattr(self, "extra_metrics") and len(self.extra_metrics[stage]):
+            self.log_dict(self.extra_metrics[stage].compute())
+            self.extra_metrics[stage].reset()
 
     def optimizer_parameters(self):
         """What the optimiser is built over; tasks override it for parameter groups (no decay on norms, ...)."""
