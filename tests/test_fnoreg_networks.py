@@ -8,7 +8,7 @@ from torch import nn
 
 from lightning_modules.blocks.spectral import FFCResNetBlock, SpectralConv, STResNetBlock
 from lightning_modules.blocks.spectral import _LegacySpectralConv
-from lightning_modules.fnoreg import FNO, PAPER_CONFIGS, FNOReg, build_fno, build_fnoreg
+from lightning_modules.fnoreg import FNO, FNOReg, build_fno, build_fnoreg
 from lightning_modules.utils import count_parameters
 
 # Exact counts from the spec card (built with neuralop 0.2.0); the paper rounds them to 0.1M.
@@ -39,11 +39,28 @@ def test_fno_parameter_count_matches_paper(config):
     assert count_parameters(model) == FNO_PARAMS[config]
 
 
-def test_paper_configs_are_the_papers():
-    assert PAPER_CONFIGS["large"] == dict(
-        spatial_dims=2, hidden_channels=32, n_layers=12, n_modes=(60, 72), projection_channels=64
-    )
-    assert PAPER_CONFIGS["3d"]["n_modes"] == (40, 48, 56)
+# The paper's Tables 1-2 (hidden h, layers N, k_max, projection p), read off the built networks rather than
+# off PAPER_CONFIGS, so a config that is not passed through (or a layer built with other sizes) fails here.
+PAPER_TABLE = {
+    "small": (16, 6, (40, 48), 32),
+    "medium": (32, 12, (40, 48), 64),
+    "large": (32, 12, (60, 72), 64),
+    "3d": (12, 15, (40, 48, 56), 24),
+}
+
+
+@pytest.mark.parametrize("config", sorted(PAPER_TABLE))
+def test_built_networks_have_the_papers_sizes(config):
+    hidden, layers, modes, projection = PAPER_TABLE[config]
+    builders = [build_fnoreg] + ([build_fno] if config != "3d" else [])
+    for build in builders:
+        with torch.device("meta"):
+            model = build(config)
+        assert model.lifting.out_channels == hidden
+        assert len(model.fno_blocks) == layers
+        assert all(tuple(block.spectral_conv.n_modes) == modes for block in model.fno_blocks)
+        assert model.projection[0].out_channels == projection
+        assert model.projection[-1].out_channels == len(modes)  # one displacement channel per spatial dim
 
 
 @pytest.mark.parametrize("network", [build_fnoreg, build_fno])

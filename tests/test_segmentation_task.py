@@ -37,13 +37,24 @@ def test_side_outputs_are_upsampled_and_weighted():
 
 
 def test_multiclass_task_losses_and_metrics():
+    """Multi-class: argmax prediction, a finite loss, and micro Dice/IoU equal to torchmetrics' per-class
+    F1/Jaccard over the whole set, averaged over the foreground classes 1..K-1."""
+    from torchmetrics.functional.classification import multiclass_f1_score, multiclass_jaccard_index
+
+    torch.manual_seed(0)
     task = SegmentationTask(nn.Conv2d(3, 4, 1), num_classes=4, bce_weight=1.0, dice_weight=1.0)
     image, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 4, (2, 1, 8, 8))
     outputs, prediction = task._predict(image)
-    assert prediction.shape == (2, 1, 8, 8) and prediction.max() <= 3
+    assert torch.equal(prediction, task.network(image).argmax(dim=1, keepdim=True))
+    assert len(prediction.unique()) > 1  # a random conv spreads its argmax over several classes
     assert torch.isfinite(task.losses(outputs, labels)["loss"])
     task.test_metrics.update(prediction, labels)
-    assert set(task.test_metrics.compute()) == {"dice", "iou", "sensitivity", "precision", "specificity"}
+    values = task.test_metrics.compute()
+    assert set(values) == {"dice", "iou", "sensitivity", "precision", "specificity"}
+    f1 = multiclass_f1_score(prediction.flatten(), labels.flatten(), num_classes=4, average=None)
+    jaccard = multiclass_jaccard_index(prediction.flatten(), labels.flatten(), num_classes=4, average=None)
+    assert values["dice"].item() == pytest.approx(f1[1:].mean().item(), abs=1e-6)
+    assert values["iou"].item() == pytest.approx(jaccard[1:].mean().item(), abs=1e-6)
 
 
 def test_scheduler_interval_and_monitor():
