@@ -162,6 +162,10 @@ def test_forward_under_bf16_autocast_keeps_the_front_end_in_float32():
         features = model.features(wave)
         scores = model(wave)
     assert features.dtype == torch.float32 and torch.isfinite(scores).all()
+    with torch.no_grad():
+        torch.testing.assert_close(features, model.features(wave))  # the front end does not run in bf16
+        reference = model(wave)
+    assert (scores.float() - reference).abs().max() <= 0.05 * reference.abs().max() + 1e-3
 
 
 def test_regression_task_reloads_from_a_checkpoint(tmp_path):

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lightning_modules.fouriernet import FourierNet, band_limited_to_full
 from lightning_modules.utils import count_parameters
@@ -94,9 +95,20 @@ def test_output_shape_2d(models_2d, name, spatial):
 @pytest.mark.parametrize("name", list(MODELS_2D))
 def test_sizes_not_divisible_by_16_are_padded(models_2d, name):
     model = models_2d[name].eval()
+    moving, fixed = _pair(1, 50, 70)
     with torch.no_grad():
-        disp = model(*_pair(1, 50, 70))
+        disp = model(moving, fixed)
+        # The field equals that of the inputs zero-padded at the end to the network's size multiple, cropped
+        # back. VxmDense converts its voxel flow to normalised units with the unpadded size, so its padded
+        # field is rescaled from the padded grid's units (2 / (n - 1)) to the crop's; the FNOReg-code U-Net
+        # and Fourier-Net predict normalised units directly.
+        h, w = (n + (-n) % model.size_multiple for n in (50, 70))
+        pad = (0, w - 70, 0, h - 50)
+        padded = model(F.pad(moving, pad), F.pad(fixed, pad))[..., :50, :70]
     assert disp.shape == (1, 2, 50, 70)
+    voxel_flow = name in ("voxelmorph", "voxelmorph_huge")
+    scale = torch.tensor([(h - 1) / (50 - 1), (w - 1) / (70 - 1)] if voxel_flow else [1.0, 1.0]).view(1, 2, 1, 1)
+    torch.testing.assert_close(disp, padded * scale, rtol=1e-4, atol=1e-7)
 
 
 @pytest.mark.parametrize("name", list(MODELS_3D))
@@ -133,11 +145,16 @@ def test_gradients_reach_every_parameter_3d(name):
 @pytest.mark.parametrize("name", list(MODELS_2D))
 def test_bf16_autocast_gives_finite_output(models_2d, name):
     model = models_2d[name].eval()
+    pair = _pair(1, 80, 96)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        disp = model(*_pair(1, 80, 96))
+        disp = model(*pair)
+    with torch.no_grad():
+        reference = model(*pair)
     assert disp.shape == (1, 2, 80, 96)
     assert disp.dtype == torch.float32  # every baseline hands the warp a float32 field
     assert torch.isfinite(disp).all()
+    # bf16 keeps 8 bits of mantissa: the field agrees with the float32 one to a few percent of its scale.
+    assert (disp - reference).abs().max() <= 0.05 * reference.abs().max()
 
 
 def test_voxelmorph_converts_voxel_flow_to_normalised_units():
