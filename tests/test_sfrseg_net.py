@@ -49,7 +49,11 @@ def test_iewa_dwt_concat_and_band_variants():
 
 def test_odd_sizes_are_reflect_padded():
     x = torch.randn(1, 1, 7, 9)
-    assert IEWADWTPool()(x).shape == (1, 1, 4, 5)
+    pooled = IEWADWTPool()(x)
+    assert pooled.shape == (1, 1, 4, 5)
+    # The same as pooling the input reflect-padded by one row and column at the end by hand.
+    padded = torch.nn.functional.pad(x, (0, 1, 0, 1), mode="reflect")
+    torch.testing.assert_close(pooled, IEWADWTPool()(padded))
 
 
 def test_mixed_and_stochastic_pooling():
