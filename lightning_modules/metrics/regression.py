@@ -13,10 +13,11 @@ from torchmetrics.utilities import dim_zero_cat
 
 
 def mean_per_group(values: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean of ``values`` within each distinct id of ``group_ids`` -> (sorted unique ids, means)."""
+    """Mean of ``values`` (N, ...) within each distinct id of ``group_ids`` (N,) -> (sorted unique ids, means (G, ...))."""
     ids, inverse = torch.unique(group_ids, return_inverse=True)
-    sums = torch.zeros(len(ids), dtype=torch.float64, device=values.device).index_add_(0, inverse, values.double())
-    counts = torch.bincount(inverse, minlength=len(ids)).double()
+    sums = torch.zeros((len(ids), *values.shape[1:]), dtype=torch.float64, device=values.device)
+    sums.index_add_(0, inverse, values.double())
+    counts = torch.bincount(inverse, minlength=len(ids)).double().view(-1, *[1] * (values.dim() - 1))
     return ids, (sums / counts).to(values.dtype)
 
 
