@@ -92,6 +92,11 @@ class BaseDataModule(L.LightningDataModule):
     """Loader plumbing. Subclasses fill ``train_set``, ``val_set``, ``test_set`` (and optionally
     ``predict_set``, else the test set is predicted) in ``setup``.
 
+    Several test sets: ``test_sets`` (further in-distribution sets, e.g. another hospital's images) and
+    ``ood_test_sets`` (out-of-distribution sets, whose items need no target), both ``{name: dataset}``.
+    With either, ``test_dataloader`` returns a list of loaders in the order of ``test_loader_names``:
+    ``test_set`` first ("test"), then ``test_sets``, then ``ood_test_sets``; without, the one loader as before.
+
     Args:
         batch_size: samples per batch (per process under DDP).
         num_workers: loader worker processes; workers persist across epochs when > 0.
@@ -123,6 +128,8 @@ class BaseDataModule(L.LightningDataModule):
         self.train_set: Optional[Dataset] = None
         self.val_set: Optional[Dataset] = None
         self.test_set: Optional[Dataset] = None
+        self.test_sets: dict[str, Dataset] = {}
+        self.ood_test_sets: dict[str, Dataset] = {}
         self.predict_set: Optional[Dataset] = None
 
     # Hook: a sampler for the train set (e.g. a fixed number of random pairs per epoch); None = shuffle.
@@ -138,8 +145,29 @@ class BaseDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self._require(self.val_set, "val"))
 
-    def test_dataloader(self) -> DataLoader:
-        return self._eval_loader(self._require(self.test_set, "test"))
+    def test_dataloader(self) -> Union[DataLoader, list[DataLoader]]:
+        loader = self._eval_loader(self._require(self.test_set, "test"))
+        if not self.test_sets and not self.ood_test_sets:
+            return loader
+        names = self.test_loader_names  # checks the names
+        extra = {**self.test_sets, **self.ood_test_sets}
+        return [loader, *(self._eval_loader(extra[name]) for name in names[1:])]
+
+    @property
+    def test_loader_names(self) -> list[str]:
+        """The names of ``test_dataloader()``'s loaders, in order; the tasks log loader ``name``'s metrics
+        under ``test/<name>/`` (the first, ``test_set``, keeps plain ``test/``)."""
+        names = ["test", *self.test_sets, *self.ood_test_sets]
+        for name in names[1:]:
+            if not name or not name.replace("_", "").replace("-", "").isalnum() or name in self.RESERVED_TEST_NAMES:
+                raise ValueError(f"test set name {name!r}: use letters, digits, '_' or '-', and none of "
+                                 f"{sorted(self.RESERVED_TEST_NAMES)} (they name metrics of the first test set)")
+        if len(set(names)) != len(names):
+            raise ValueError(f"test set names must be distinct, got {names}")
+        return names
+
+    #: names a further test set may not take: "test" is the first loader, "group" its per-group metrics.
+    RESERVED_TEST_NAMES = frozenset({"test", "group"})
 
     def predict_dataloader(self) -> DataLoader:
         dataset = self.predict_set if self.predict_set is not None else self.test_set
