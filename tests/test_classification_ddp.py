@@ -3,6 +3,7 @@ is pooled whole, and the OOD scores of both ranks are gathered, so every rank co
 numbers."""
 import os
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -55,3 +56,58 @@ def test_group_and_ood_metrics_gather_every_rank(tmp_path):
         for key, value in single.items():
             assert abs(out[key] - value) < 1e-6, (rank, key, out[key], value)
     assert single["group/num_groups"] == 10 and single["group/acc"] != single["acc"]
+
+
+def _trainer_run(mode: str, out_dir: str) -> None:
+    """``python -m tests.test_classification_ddp single|ddp DIR``: the image run's test under one process
+    (after training; weights saved) or under Lightning's DDP on 2 CPU processes (weights loaded)."""
+    import json
+
+    from lightning.pytorch import Trainer
+
+    from tests.test_classification import ClassificationTask, _quadrant_net, _QuadrantData
+
+    torch.manual_seed(0)
+    task = ClassificationTask(_quadrant_net(), 3, group_pooling="majority",
+                              optimizer=lambda params: torch.optim.AdamW(params, lr=0.01))
+    data = _QuadrantData(batch_size=7, num_workers=0)  # odd batches: recordings split over the ranks
+    common = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+                  default_root_dir=out_dir)
+    weights = os.path.join(out_dir, "weights.pt")
+    if mode == "single":
+        Trainer(max_epochs=4, enable_checkpointing=False, **common).fit(task, data)
+        torch.save(task.state_dict(), weights)
+        trainer = Trainer(devices=1, **common)
+    else:
+        task.load_state_dict(torch.load(weights))
+        trainer = Trainer(devices=2, strategy="ddp", **common)
+    metrics = trainer.test(task, data, verbose=False)[0]
+    if trainer.is_global_zero:
+        with open(os.path.join(out_dir, f"{mode}.json"), "w") as f:
+            json.dump({k: float(v) for k, v in metrics.items()}, f)
+
+
+@pytest.mark.slow
+def test_lightning_ddp_test_with_several_loaders_matches_one_process(tmp_path):
+    """Through Lightning's Trainer (about 30 s): every metric of every test loader (groups, the second site,
+    OOD detection) is the one-process number under DDP with 2 CPU processes."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+    for mode in ("single", "ddp"):
+        proc = subprocess.run([sys.executable, "-m", "tests.test_classification_ddp", mode, str(tmp_path)], cwd=root,
+                              env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    single, ddp = (json.loads((tmp_path / f"{mode}.json").read_text()) for mode in ("single", "ddp"))
+    assert single.keys() == ddp.keys() and "test/mixed/ood_auroc" in single and "test/other_site/group/acc" in single
+    assert all(abs(single[k] - ddp[k]) < 1e-6 for k in single), {k: (single[k], ddp[k]) for k in single}
+
+
+if __name__ == "__main__":
+    import sys
+
+    _trainer_run(sys.argv[1], sys.argv[2])
