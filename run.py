@@ -31,6 +31,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from datamodules.base import DatasetError
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+EXPERIMENTS = Path(__file__).resolve().parent / "experiments"
+TRAINER_PRESETS = EXPERIMENTS / "trainer"
 RUN_ID_ENV = "PAPERBENCH_RUN_ID"  # inherited by the processes DDP launches, so all ranks share a folder
 
 
@@ -42,6 +44,39 @@ def wandb_offline() -> bool:
     netrc = Path.home() / ".netrc"
     has_key = bool(os.environ.get("WANDB_API_KEY")) or (netrc.is_file() and "api.wandb.ai" in netrc.read_text())
     return not has_key
+
+
+def experiment_name(config_paths: list) -> str:
+    """The run folder group of a list of --config files: the last one that is not a trainer preset, as its
+    path under experiments/ without .yaml and with "/" -> "_" (experiments/saca_unet/busi/aspp.yaml ->
+    saca_unet_busi_aspp); a file outside experiments/ gives its stem."""
+    # jsonargparse's Path keeps the directory it was parsed in (.absolute); plain paths are taken as given
+    paths = [Path(p.absolute if isinstance(getattr(p, "absolute", None), str) else os.path.abspath(p))
+             for p in config_paths]
+    paths = [p for p in paths if TRAINER_PRESETS not in p.parents]
+    if not paths:
+        return "default"
+    last = paths[-1]
+    if EXPERIMENTS in last.parents:
+        return last.relative_to(EXPERIMENTS).with_suffix("").as_posix().replace("/", "_")
+    return last.stem
+
+
+def composition(config: str | os.PathLike) -> list[Path]:
+    """The --config files that run one experiment: a setting experiments/<paper>/<dataset>/<setting>.yaml
+    layers on its base experiments/<paper>/<dataset>.yaml; a base, a demo or any other file stands alone."""
+    path = Path(config).resolve()
+    base = path.parent.with_suffix(".yaml")
+    if EXPERIMENTS in path.parents and TRAINER_PRESETS not in path.parents and base.is_file():
+        return [base, path]
+    return [path]
+
+
+def all_compositions() -> list[list[Path]]:
+    """Every runnable composition in experiments/ (trainer presets excluded): each base, each base + setting,
+    each stand-alone file (the demos)."""
+    files = sorted(p for p in EXPERIMENTS.rglob("*.yaml") if TRAINER_PRESETS not in p.parents)
+    return [composition(p) for p in files]
 
 
 class _AppendingCSVWriter(ExperimentWriter):
@@ -76,7 +111,8 @@ class ExperimentCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--experiment", type=Optional[str], default=None,
-                            help="Run folder group; default: the first --config file's name.")
+                            help="Run folder group; default: the last --config that is not a trainer preset, "
+                                 "as its path under experiments/ with '/' -> '_' (saca_unet_busi_aspp).")
         parser.add_argument("--run_id", type=Optional[str], default=None,
                             help="Run folder name; default: SLURM_JOB_ID, else a time stamp.")
         parser.add_argument("--runs_dir", type=str, default="runs", help="Where run folders are made.")
@@ -111,8 +147,7 @@ class ExperimentCLI(LightningCLI):
         cfg = self._run_config()
         experiment = cfg.get("experiment")
         if not experiment:
-            configs = cfg.get("config") or []
-            experiment = Path(str(configs[0])).stem if configs else "default"
+            experiment = experiment_name(cfg.get("config") or [])
         run_id = (cfg.get("run_id") or os.environ.get(RUN_ID_ENV) or os.environ.get("SLURM_JOB_ID")
                   or time.strftime("%Y%m%d-%H%M%S"))
         if os.environ.get("SLURM_ARRAY_TASK_ID") and run_id == os.environ.get("SLURM_JOB_ID"):
@@ -167,6 +202,34 @@ class ExperimentCLI(LightningCLI):
         with open(path, "w") as f:
             json.dump(results, f, indent=2, default=str)
         rank_zero_info(f"Test metrics written to {path}")
+
+
+class _ParseOnlyCLI(ExperimentCLI):
+    """Parses (and validates) a config without building the model, the data or the trainer."""
+
+    def instantiate_classes(self) -> None:
+        pass
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        pass
+
+
+def parse_config(args: list[str]) -> ExperimentCLI:
+    """The CLI after parsing ``args`` (e.g. ``["fit", "--config", X]``), nothing instantiated: ``.config``
+    holds the resolved config and ``.parser`` the parser that resolved it (tests, config checks)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
+        return _ParseOnlyCLI(args=args)
+
+
+def resolved_config(config: str | os.PathLike) -> dict:
+    """The resolved fit config (every default filled in) of one experiment file with its base, as a dict."""
+    args = ["fit"]
+    for path in composition(config):
+        args += ["--config", str(path)]
+    resolved = parse_config(args).config["fit"].clone()
+    del resolved["config"]
+    return resolved.as_dict()
 
 
 def main(argv: Optional[list[str]] = None) -> ExperimentCLI:

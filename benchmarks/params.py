@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """Parameter counts of every experiment's model next to the paper's, without any dataset.
 
-    python benchmarks/params.py                       # every experiments/*.yaml
-    python benchmarks/params.py experiments/fnoreg_oasis2d_large.yaml
+    python benchmarks/params.py                       # every experiment in experiments/ (base + setting)
+    python benchmarks/params.py experiments/fnoreg/oasis2d.yaml experiments/fnoreg/oasis2d/small.yaml
 
-Prints a markdown row per config: | config | parameters | paper | delta % |. The paper's count is
-the config's ``paper.parameters`` entry. Models are built on the meta device (no memory, no time).
+Prints a markdown row per config (named as its run folder: fnoreg_oasis2d_small): | config | parameters |
+paper | delta % |. A setting is read with its base. The paper's count is the config's ``paper.parameters`` entry. Models are built on the meta device (no memory, no time).
 """
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ import sys
 from pathlib import Path
 
 import torch
-import yaml
 from jsonargparse import ArgumentParser
 from lightning.pytorch import LightningModule
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import run  # noqa: E402
 from lightning_modules.utils import count_parameters  # noqa: E402
 
 
@@ -32,18 +32,17 @@ def build_model(model_config: dict) -> LightningModule:
 
 
 def row(path: Path) -> str:
-    config = yaml.safe_load(path.read_text()) or {}
-    if "model" not in config:
-        return ""
+    config = run.resolved_config(path)
     n = count_parameters(build_model(config["model"]))
     paper = (config.get("paper") or {}).get("parameters")
+    name = run.experiment_name(run.composition(path))
     if paper:
-        return f"| {path.stem} | {n:,} | {float(paper) / 1e6:.3g}M | {100 * (n - float(paper)) / float(paper):+.2f} |"
-    return f"| {path.stem} | {n:,} | – | – |"
+        return f"| {name} | {n:,} | {float(paper) / 1e6:.3g}M | {100 * (n - float(paper)) / float(paper):+.2f} |"
+    return f"| {name} | {n:,} | – | – |"
 
 
 def main(argv: list[str]) -> None:
-    paths = [Path(p) for p in argv] or sorted((ROOT / "experiments").glob("*.yaml"))
+    paths = [Path(p) for p in argv] or [files[-1] for files in run.all_compositions()]
     print("| config | parameters | paper | delta % |")
     print("|---|---|---|---|")
     for path in paths:

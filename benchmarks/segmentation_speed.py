@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Training throughput, inference latency and peak memory of segmentation networks, from their configs.
 
-    python benchmarks/segmentation_speed.py experiments/saca_unet_busi.yaml experiments/unext_busi.yaml
-    python benchmarks/segmentation_speed.py experiments/*_isic2018.yaml --device cuda --precision bf16-mixed
-    python benchmarks/segmentation_speed.py experiments/unet_gcn_busi.yaml --size 256 --batch-size 16
+    python benchmarks/segmentation_speed.py experiments/saca_unet/busi.yaml experiments/saca_unet/busi/unext.yaml
+    python benchmarks/segmentation_speed.py experiments/saca_unet/isic2018.yaml experiments/saca_unet/isic2018/*.yaml --device cuda --precision bf16-mixed
+    python benchmarks/segmentation_speed.py experiments/unet_gcn/busi.yaml --size 256 --batch-size 16
 
 Any config whose model has a ``network`` (SegmentationTask and subclasses) works. The image size is the
 config's ``data.init_args.image_size`` unless ``--size`` is given; input channels are the network's
@@ -27,13 +27,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 from jsonargparse import ArgumentParser
 from lightning.pytorch import LightningModule
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import run  # noqa: E402
 from lightning_modules.utils import count_parameters  # noqa: E402
 
 
@@ -73,7 +73,7 @@ def peak_rss_mb() -> float:
 
 
 def benchmark(path: Path, args) -> str:
-    config = yaml.safe_load(path.read_text())
+    config = run.resolved_config(path)  # a setting is read with its base
     device = torch.device(args.device)
     network = build_network(config).to(device)
     h, w = image_size(config, args.size)
@@ -119,7 +119,7 @@ def benchmark(path: Path, args) -> str:
             _sync(device)
             if i >= args.warmup:
                 latencies.append(1000 * (time.perf_counter() - start))
-    return (f"| {path.stem} | {count_parameters(network):,} | {h}x{w} | {args.batch_size} | {throughput:.2f} | "
+    return (f"| {run.experiment_name(run.composition(path))} | {count_parameters(network):,} | {h}x{w} | {args.batch_size} | {throughput:.2f} | "
             f"{statistics.median(latencies):.1f} | {memory} |")
 
 

@@ -21,7 +21,7 @@ _IMAGE = re.compile(r"^(?:Test_Image|image)_(\d+)$", re.IGNORECASE)
 
 
 class STUDataModule(SegmentationDataModule):
-    """Test-only: ``python run.py test --config experiments/unet_gcn_busi_to_stu.yaml --ckpt_path ...``."""
+    """Test-only: ``python run.py test --config experiments/unet_gcn/busi.yaml --config experiments/unet_gcn/busi/to_stu.yaml --ckpt_path ...``."""
 
     layout = """<data_dir>/Hospital/
   Test_Image_<n>.png      images, n = 1 ... 42 (or image_<n>.png)

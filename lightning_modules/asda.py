@@ -335,7 +335,7 @@ class ASDAClassifier(nn.Module):
     def load_pretrained(self, path: str, part: str = "student") -> None:
         if not os.path.isfile(path):
             raise FileNotFoundError(
-                f"pre-training checkpoint not found: {path}. Pre-train first (experiments/asda_pretrain_as2m.yaml "
+                f"pre-training checkpoint not found: {path}. Pre-train first (experiments/asda/pretrain_as2m.yaml "
                 "--run_id pretrained writes runs/asda_pretrain_as2m/pretrained/checkpoints/last.ckpt), or pass "
                 "--model.network.init_args.pretrained PATH ('': from scratch).")
         state = torch.load(path, map_location="cpu", weights_only=False)

@@ -14,7 +14,7 @@ from lightning_modules.tasks.separation import SeparationTask
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "experiments" / "chandna_demo.yaml")
-DSD100 = str(ROOT / "experiments" / "chandna_dsd100.yaml")
+DSD100 = str(ROOT / "experiments" / "chandna" / "dsd100.yaml")
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "5"]
 SOURCE_NAMES = ("vocals", "bass", "drums", "other")
 

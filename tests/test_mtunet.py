@@ -177,12 +177,13 @@ def test_busi_config_runs_on_the_real_layout_and_reloads(tmp_path):
     from tests.test_segmentation_datasets import write_busi
 
     root = write_busi(tmp_path / "busi", per_class=(6, 4, 2))
-    cli = run.main(["--config", str(ROOT / "experiments" / "mtunet_busi.yaml"), "--data.data_dir", str(root), *SHRUNK,
+    cli = run.main(["--config", str(ROOT / "experiments" / "saca_unet" / "busi.yaml"),
+                    "--config", str(ROOT / "experiments" / "saca_unet" / "busi" / "mtunet.yaml"), "--data.data_dir", str(root), *SHRUNK,
                     "--data.image_size", "64", "--model.network.init_args.img_size", "64", "--data.batch_size", "2",
                     "--data.num_workers", "0", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
                     "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
                     "--runs_dir", str(tmp_path / "runs"), "--run_id", "busi"])
-    run_dir = tmp_path / "runs" / "mtunet_busi" / "busi"
+    run_dir = tmp_path / "runs" / "saca_unet_busi_mtunet" / "busi"
     results = json.loads((run_dir / "results.json").read_text())
     assert results["paper"]["test/dice"] == 0.8066 and 0.0 <= results["test/dice"] <= 1.0
     reloaded = SegmentationTask.load_from_checkpoint(run_dir / "checkpoints" / "best.ckpt", map_location="cpu").eval()

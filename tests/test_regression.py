@@ -133,7 +133,7 @@ def test_missing_avec_data_ends_with_one_clear_message(tmp_path):
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "run.py", "--config", "experiments/dcca_avec2013.yaml", "--data.data_dir",
+    proc = subprocess.run([sys.executable, "run.py", "--config", "experiments/dcca/avec2013.yaml", "--data.data_dir",
                            "/nowhere", "--runs_dir", str(tmp_path), "--trainer.logger", "false"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
@@ -151,14 +151,14 @@ def test_demo_beats_the_training_mean(tmp_path):
 
 @pytest.mark.slow
 def test_paper_config_trains_a_step_on_the_avec_layout(tmp_path):
-    """(slow: the full-size network costs ~80 CPU-seconds here) dcca_avec2014.yaml as written (full-size DCCANet, balanced sampler, the other corpus added), one
+    """(slow: the full-size network costs ~80 CPU-seconds here) dcca/avec2014.yaml as written (full-size DCCANet, balanced sampler, the other corpus added), one
     step on tiny fixture trees in the AVEC layout, then the test partition scored per recording."""
     from datamodules.standins.synthetic_speech_depression import standin_recordings, write_partitions_tree
 
     recordings = standin_recordings(num_train=2, num_dev=1, num_test=2, recording_seconds=3.0, seed=5)
     write_partitions_tree(tmp_path / "avec2014", recordings)
     write_partitions_tree(tmp_path / "avec2013", recordings)  # same sessions: its test ones are left out
-    run.main(["--config", str(ROOT / "experiments" / "dcca_avec2014.yaml"), "--data.data_dir", str(tmp_path / "avec2014"),
+    run.main(["--config", str(ROOT / "experiments" / "dcca" / "avec2014.yaml"), "--data.data_dir", str(tmp_path / "avec2014"),
               "--data.extra_train_dir", str(tmp_path / "avec2013"), "--data.batch_size", "2", "--data.num_workers", "0",
               "--data.rounds_per_epoch", "1", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
               "--trainer.accelerator", "cpu", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",

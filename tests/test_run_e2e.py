@@ -72,13 +72,39 @@ def test_bf16_mixed_precision_on_cpu(tmp_path):
 
 
 def test_missing_data_ends_with_one_clear_message(tmp_path):
-    proc = subprocess.run([sys.executable, "run.py", "--config", "experiments/fnoreg_oasis2d_small.yaml",
+    proc = subprocess.run([sys.executable, "run.py", "--config", "experiments/fnoreg/oasis2d.yaml",
+                           "--config", "experiments/fnoreg/oasis2d/small.yaml",
                            "--data.data_dir", "/nowhere", "--runs_dir", str(tmp_path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "/nowhere" in proc.stderr and "subjects.txt" in proc.stderr
     assert "experiments/fnoreg_demo.yaml" in proc.stderr
+
+
+@pytest.mark.parametrize("configs, experiment", [
+    (["experiments/saca_unet/busi.yaml", "experiments/saca_unet/busi/aspp.yaml"], "saca_unet_busi_aspp"),
+    (["experiments/saca_unet/busi.yaml", "experiments/saca_unet/busi/aspp.yaml", "experiments/trainer/gpu.yaml"],
+     "saca_unet_busi_aspp"),  # a trainer preset after the setting does not name the run
+    (["experiments/trainer/cpu.yaml", "experiments/fnoreg/oasis2d.yaml"], "fnoreg_oasis2d"),
+    (["experiments/fnoreg_demo.yaml"], "fnoreg_demo"),
+    ([str(ROOT / "experiments" / "fnoreg" / "oasis3d.yaml"), "experiments/fnoreg/oasis3d/half.yaml"], "fnoreg_oasis3d_half"),
+])
+def test_run_folder_is_named_after_the_last_experiment_config(tmp_path, monkeypatch, configs, experiment):
+    monkeypatch.setenv(run.RUN_ID_ENV, "")  # _resolve_run_dir exports the run id; undone after the test
+    args = ["fit", *[a for c in configs for a in ("--config", c)], "--runs_dir", str(tmp_path), "--run_id", "n"]
+    cli = run.parse_config(args)
+    assert cli._resolve_run_dir() == (experiment, "n", os.path.join(str(tmp_path), experiment, "n"))
+
+
+def test_run_folder_name_of_a_config_outside_experiments_is_its_stem(tmp_path, monkeypatch):
+    monkeypatch.setenv(run.RUN_ID_ENV, "")
+    config = tmp_path / "mine.yaml"
+    config.write_text(Path(DEMO).read_text())
+    cli = run.parse_config(["fit", "--config", str(config), "--run_id", "n"])
+    assert cli._resolve_run_dir()[0] == "mine"
+    cli = run.parse_config(["fit", "--config", str(config), "--experiment", "chosen", "--run_id", "n"])
+    assert cli._resolve_run_dir()[0] == "chosen"  # --experiment wins
 
 
 def test_ddp_two_cpu_processes_count_each_test_pair_once(tmp_path):
@@ -137,7 +163,8 @@ def test_3d_demo_runs_with_the_segmentation_loss(tmp_path):
 def test_oasis_config_runs_on_the_real_layout_at_half_resolution(tmp_path):
     """The paper's 0.5x config on a tiny tree in the neurite-oasis layout: train at 80x96, test at 160x192."""
     write_oasis_tree(tmp_path / "oasis", 8)
-    cli = run.main(["--config", str(ROOT / "experiments" / "fnoreg_oasis2d_small_half.yaml"),
+    cli = run.main(["--config", str(ROOT / "experiments" / "fnoreg" / "oasis2d.yaml"),
+                    "--config", str(ROOT / "experiments" / "fnoreg" / "oasis2d" / "small_half.yaml"),
                     "--data.data_dir", str(tmp_path / "oasis"), "--data.batch_size", "2", "--data.num_workers", "0",
                     "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
                     "--trainer.limit_test_batches", "1", "--trainer.enable_progress_bar", "false",

@@ -70,7 +70,7 @@ def test_predict_writes_png_masks_named_after_the_inputs(learned_run, tmp_path):
 def test_busi_config_runs_on_the_real_layout(tmp_path):
     """The paper's BUSI config, shrunk to one step, on a fixture tree in the public layout."""
     root = write_busi(tmp_path / "busi", per_class=(6, 4, 2))
-    run.main(["--config", str(ROOT / "experiments" / "saca_unet_busi.yaml"), *QUIET, "--data.data_dir", str(root),
+    run.main(["--config", str(ROOT / "experiments" / "saca_unet" / "busi.yaml"), *QUIET, "--data.data_dir", str(root),
               "--data.image_size", "64", "--model.network.init_args.img_size", "64", "--data.batch_size", "2",
               "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.accelerator", "cpu",
               "--trainer.precision", "32-true", "--runs_dir", str(tmp_path / "runs"), "--run_id", "busi",
@@ -83,7 +83,7 @@ def test_busi_config_runs_on_the_real_layout(tmp_path):
 def test_missing_busi_data_ends_with_one_clear_message(tmp_path, capsys):
     """run.main prints the DatasetError alone (no traceback) and exits with status 2."""
     with pytest.raises(SystemExit) as exit_info:
-        run.main(["--config", str(ROOT / "experiments" / "saca_unet_busi.yaml"), "--data.data_dir", "/nowhere/busi",
+        run.main(["--config", str(ROOT / "experiments" / "saca_unet" / "busi.yaml"), "--data.data_dir", "/nowhere/busi",
                   "--runs_dir", str(tmp_path), "--trainer.logger", "false"])
     stderr = capsys.readouterr().err
     assert exit_info.value.code == 2 and "Traceback" not in stderr

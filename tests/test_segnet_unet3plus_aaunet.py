@@ -219,19 +219,20 @@ def test_loss_falls_through_segmentation_task(cls, tmp_path):
 
 
 # -- experiment YAMLs ----------------------------------------------------------------------------------------
-YAMLS = sorted(p for pattern in ("unet_gcn_*segnet*.yaml", "unet_gcn_*unet3plus*.yaml", "unet_gcn_*aaunet*.yaml",
-                                 "sfrseg_net_ra_usg_segnet*.yaml", "sfrseg_net_ra_usg_pool_max_noise_*.yaml")
-               for p in (ROOT / "experiments").glob(pattern))
+SETTINGS = sorted(p for folder, patterns in (("unet_gcn/busi", ("*segnet*", "*unet3plus*", "*aaunet*")),
+                                              ("unet_gcn/datasetb", ("*segnet*", "*unet3plus*", "*aaunet*")),
+                                              ("sfrseg_net/ra_usg", ("segnet*", "pool_max_noise_*")))
+                  for pattern in patterns for p in (ROOT / "experiments" / folder).glob(f"{pattern}.yaml"))
 
 
 def test_all_yamls_are_there():
-    names = {p.stem for p in YAMLS}
+    names = {p.relative_to(ROOT / "experiments").with_suffix("").as_posix() for p in SETTINGS}
     for x in ("segnet", "unet3plus", "aaunet"):
-        assert {f"unet_gcn_busi_{x}", f"unet_gcn_datasetb_{x}", f"unet_gcn_busi_{x}_to_stu",
-                f"unet_gcn_datasetb_{x}_to_stu"} <= names
-    noise = {f"sfrseg_net_ra_usg_{m}_noise_{n}" for m in ("segnet", "pool_max")
+        assert {f"unet_gcn/busi/{x}", f"unet_gcn/datasetb/{x}", f"unet_gcn/busi/{x}_to_stu",
+                f"unet_gcn/datasetb/{x}_to_stu"} <= names
+    noise = {f"sfrseg_net/ra_usg/{m}_noise_{n}" for m in ("segnet", "pool_max")
              for n in ("gaussian", "poisson", "sp", "speckle")}
-    assert noise | {"sfrseg_net_ra_usg_segnet"} <= names
+    assert noise | {"sfrseg_net/ra_usg/segnet"} <= names
 
 
 def parse_section(base, section: dict):
@@ -241,12 +242,16 @@ def parse_section(base, section: dict):
     return parser.parse_object({"x": section})
 
 
-@pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", SETTINGS, ids=lambda p: p.relative_to(ROOT / "experiments").as_posix())
 def test_yaml_parses_and_builds_its_network(path):
-    text = path.read_text()
-    config = yaml.safe_load(text)
+    import run
+
+    base, setting = run.composition(path)
+    assert base != setting  # every setting layers on a base
+    config = run.parse_config(["fit", "--config", str(base), "--config", str(setting)]).config["fit"].as_dict()
     assert config["paper"]["test/dice"] > 0 and config["paper"]["test/iou"] > 0
-    assert f"--config experiments/{path.name}" in text.splitlines()[1]  # the command in the header
+    relative = path.relative_to(ROOT / "experiments").as_posix()
+    assert f"--config experiments/{relative}" in path.read_text()  # the command in the header
     parse_section(LightningDataModule, config["data"])
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(LightningModule, "model", fail_untyped=False)
