@@ -86,13 +86,16 @@ class BaseTask(LightningModule):
 
     def log_mean_std(self, prefix: str, values: Mapping[str, torch.Tensor], std: bool = True) -> None:
         """Log ``{prefix}/{name}`` as the NaN-ignoring mean over samples and ``{prefix}/{name}_std`` as their
-        sample standard deviation (0 for a single sample): the "mean +- std over test cases" of the papers."""
+        sample standard deviation (0 for a single sample): the "mean +- std over test cases" of the papers.
+        Computed in the values' precision (pass float64 for a float64 sum), logged as float32."""
         for name, value in values.items():
-            value = value.detach().float().flatten()
+            value = value.detach().flatten()
+            value = value if value.is_floating_point() else value.float()
             finite = value[~torch.isnan(value)]
-            self.log(f"{prefix}/{name}", finite.mean() if finite.numel() else value.new_tensor(float("nan")))
+            mean = finite.mean() if finite.numel() else value.new_tensor(float("nan"))
+            self.log(f"{prefix}/{name}", mean.float())
             if std:
-                self.log(f"{prefix}/{name}_std", finite.std() if finite.numel() > 1 else value.new_zeros(()))
+                self.log(f"{prefix}/{name}_std", (finite.std() if finite.numel() > 1 else value.new_zeros(())).float())
 
     def save_config_hyperparameters(self) -> None:
         """Save the caller's init arguments as hparams so ``load_from_checkpoint`` rebuilds the module.
