@@ -4,7 +4,7 @@ DDPM chains (the paper's Table 4a: schedule rebuilt for T) and DDIM along the fu
 
     python run.py --config experiments/diffcmr_demo.yaml --run_id demo            # train the stand-in demo
     python benchmarks/diffcmr_fast_sampling.py --ckpt runs/diffcmr_demo/demo/checkpoints/last.ckpt
-    python benchmarks/diffcmr_fast_sampling.py --ckpt C --config experiments/diffcmr_cine_acc04.yaml \
+    python benchmarks/diffcmr_fast_sampling.py --ckpt C --config experiments/diffcmr/cine.yaml \
         --data_dir /data/ChallengeData --full_steps 1000 --ddim 100 50 20 --ddpm 100 20
 
 Prints a markdown table: sampler, network evaluations per slice (steps x R, all R rounds in one batch),

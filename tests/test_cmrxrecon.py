@@ -177,13 +177,14 @@ def test_unet_paper_config_runs_end_to_end_on_the_release_layout(tmp_path):
     import run
 
     write_cmrxrecon_tree(tmp_path / "data")
-    run.main(["--config", str(ROOT / "experiments" / "diffcmr_unet_cine_acc04.yaml"),
+    run.main(["--config", str(ROOT / "experiments" / "diffcmr" / "cine.yaml"),
+              "--config", str(ROOT / "experiments" / "diffcmr" / "cine" / "unet_acc04.yaml"),
               "--data.data_dir", str(tmp_path / "data"), "--data.image_size", "32", "--data.kspace_size", "32",
               "--data.num_workers", "0", "--data.batch_size", "4", "--trainer.max_epochs", "1",
               "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "2",
               "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
               "--runs_dir", str(tmp_path / "runs"), "--run_id", "cmr"])
-    results = json.loads((tmp_path / "runs" / "diffcmr_unet_cine_acc04" / "cmr" / "results.json").read_text())
+    results = json.loads((tmp_path / "runs" / "diffcmr_cine_unet_acc04" / "cmr" / "results.json").read_text())
     assert results["paper"]["test/psnr"] == 33.11
     for key in ("test/psnr", "test/ssim", "test/nmse", "test/psnr_zero_filled"):
         assert np.isfinite(results[key])
@@ -191,7 +192,8 @@ def test_unet_paper_config_runs_end_to_end_on_the_release_layout(tmp_path):
 
 
 def test_missing_data_through_run_py_ends_with_one_message(tmp_path):
-    proc = subprocess.run([sys.executable, "run.py", "--config", "experiments/diffcmr_unet_cine_acc04.yaml",
+    proc = subprocess.run([sys.executable, "run.py", "--config", "experiments/diffcmr/cine.yaml",
+                           "--config", "experiments/diffcmr/cine/unet_acc04.yaml",
                            "--data.data_dir", "/nowhere", "--runs_dir", str(tmp_path), "--trainer.logger", "false"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
@@ -206,7 +208,7 @@ def test_diffcmr_paper_config_with_ema_runs_on_the_release_layout(tmp_path):
     import run
 
     write_cmrxrecon_tree(tmp_path / "data")
-    cli = run.main(["--config", str(ROOT / "experiments" / "diffcmr_cine_acc04.yaml"),
+    cli = run.main(["--config", str(ROOT / "experiments" / "diffcmr" / "cine.yaml"),
                     "--data.data_dir", str(tmp_path / "data"), "--data.image_size", "32", "--data.kspace_size", "32",
                     "--data.num_workers", "0", "--data.batch_size", "2", "--data.eval_batch_size", "2",
                     "--model.init_args.network.init_args.model_channels", "32",
@@ -217,5 +219,5 @@ def test_diffcmr_paper_config_with_ema_runs_on_the_release_layout(tmp_path):
                     "--trainer.logger", "false", "--runs_dir", str(tmp_path / "runs"), "--run_id", "ema"])
     assert any(type(c).__name__ == "EMAWeightAveraging" for c in cli.trainer.callbacks)
     assert type(cli.model.optimizers().optimizer).__name__ == "AdamW" and cli.model.train_steps == 100
-    results = json.loads((tmp_path / "runs" / "diffcmr_cine_acc04" / "ema" / "results.json").read_text())
+    results = json.loads((tmp_path / "runs" / "diffcmr_cine" / "ema" / "results.json").read_text())
     assert results["paper"]["test/psnr"] == 36.10 and np.isfinite(results["test/psnr_r1"])
