@@ -1,0 +1,105 @@
+"""Every config composition in experiments/ parses through run.py's CLI parser and builds its model (on the
+meta device: no memory, no init cost) and its datamodule (no setup, so no data), so that no config rots.
+Setting files may only name keys their base composition has (or that a class they switch to takes)."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from lightning.pytorch import LightningDataModule, LightningModule
+
+import run
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ROOT / "experiments"
+COMPOSITIONS = run.all_compositions()
+SETTINGS = [files for files in COMPOSITIONS if len(files) == 2]
+PRESETS = sorted((EXPERIMENTS / "trainer").glob("*.yaml"))
+DEMO = EXPERIMENTS / "fnoreg_demo.yaml"
+
+
+def _id(files) -> str:
+    return run.experiment_name(files)
+
+
+@functools.lru_cache(maxsize=1)
+def _parser():
+    """run.py's parser, built once: building it costs seconds, a parse with it a fraction of one."""
+    return run.parse_config(["fit", "--config", str(DEMO)]).parser
+
+
+@functools.lru_cache(maxsize=None)
+def _parse(files: tuple):
+    args = ["fit"]
+    for path in files:
+        args += ["--config", str(path)]
+    return _parser().parse_args(args)
+
+
+def _resolved(files: tuple) -> dict:
+    config = _parse(files)["fit"].clone()
+    del config["config"]
+    return config.as_dict()
+
+
+def _flatten(tree, prefix=()) -> dict:
+    if not isinstance(tree, dict) or not tree or prefix == ("paper",):  # paper: a free-form dict, one value
+        return {prefix: tree}
+    flat = {}
+    for key, value in tree.items():
+        flat.update(_flatten(value, (*prefix, key)))
+    return flat
+
+
+def test_the_layout_has_bases_settings_and_demos():
+    bases = {p for p in EXPERIMENTS.glob("*/*.yaml") if p.parent.name != "trainer"}  # <paper>/<dataset>.yaml
+    assert {files[0] for files in SETTINGS} <= bases
+    assert len(bases) >= 19 and len(SETTINGS) >= 171, (len(bases), len(SETTINGS))  # none lost
+    assert (EXPERIMENTS / "fnoreg_demo.yaml") in {files[0] for files in COMPOSITIONS if len(files) == 1}
+    assert not list(EXPERIMENTS.glob("*/*/*/*.yaml")), "settings are one level below their base"
+
+
+@pytest.mark.parametrize("files", COMPOSITIONS + [[DEMO, preset] for preset in PRESETS],
+                         ids=[_id(f) for f in COMPOSITIONS] + [f"fnoreg_demo+trainer/{p.stem}" for p in PRESETS])
+def test_config_parses_and_builds_model_and_datamodule(files):
+    with torch.device("meta"):
+        built = _parser().instantiate(_parse(tuple(files)))["fit"]
+    model, data = built["model"], built["data"]
+    assert isinstance(model, LightningModule) and isinstance(data, LightningDataModule)
+    assert all(p.is_meta for p in model.parameters())  # built without allocating or initialising weights
+
+
+def _nodes(config: dict) -> set:
+    """Every key path of a resolved config, inner nodes included (a setting may set a section to null)."""
+    return {key[:i] for key in _flatten(config) for i in range(1, len(key) + 1)}
+
+
+@pytest.mark.parametrize("files", SETTINGS, ids=[_id(f) for f in SETTINGS])
+def test_setting_keys_exist_in_its_base(files):
+    """A setting overrides its base; a key the base lacks is a typo unless the setting switches the class
+    (class_path) of the section holding it, and then the new class must take it."""
+    base, setting = files
+    base_keys, composed_keys = (_nodes(_resolved(files)) for files in ((base,), (base, setting)))
+    raw = yaml.safe_load(setting.read_text())
+    raw_flat = _flatten(raw)
+    switched = {key[:-1] for key in raw_flat if key[-1] == "class_path"}
+    for key in raw_flat:
+        if key in base_keys or key == ("paper",):
+            continue
+        assert any(key[:len(s)] == s for s in switched), f"{setting.name}: {'.'.join(key)} is not in {base.name}"
+        assert key in composed_keys, f"{setting.name}: {'.'.join(key)} is not taken by the class it sets"
+    assert "paper" in raw, f"{setting.name} has no paper: block"
+    assert setting.read_text().startswith("# "), "the first line names the paper's table row"
+
+
+@pytest.mark.parametrize("typo", [{"trainer": {"max_epoch": 5}},
+                                  {"model": {"init_args": {"network": {"init_args": {"bottlenek": "aspp"}}}}},
+                                  {"data": {"init_args": {"imagesize": 128}}}])
+def test_a_typo_key_in_a_setting_is_rejected(tmp_path, typo):
+    setting = tmp_path / "typo.yaml"
+    setting.write_text(yaml.safe_dump(typo))
+    with pytest.raises(SystemExit):
+        _parse((EXPERIMENTS / "saca_unet" / "busi.yaml", setting))
