@@ -71,6 +71,5 @@ def test_scheduler_interval_and_monitor():
 def test_overlay_figure_draws_both_contours():
     mask = torch.zeros(2, 1, 16, 16)
     mask[:, :, 4:10, 4:10] = 1
-    figure = overlay_figure({"image": torch.randn(2, 3, 16, 16), "mask": mask, "name": ["a", "b"]},
-                            mask.long(), num_samples=2)
+    figure = overlay_figure(torch.randn(2, 3, 16, 16), mask, mask.long(), ["a", "b"], num_samples=2)
     assert len(figure.axes) == 2 and len(figure.axes[0].collections) >= 2

@@ -95,12 +95,3 @@ def track_bss_scores(references: torch.Tensor, estimates: torch.Tensor, sample_r
 def si_sdr(estimates: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
     """Scale-invariant SDR (dB) over the last axis, torchmetrics' implementation (zero-mean)."""
     return scale_invariant_signal_distortion_ratio(estimates.double(), references.double(), zero_mean=True)
-
-
-def mean_and_std(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and (unbiased) standard deviation over tracks, NaN tracks skipped (the papers' mean +- std)."""
-    values = values[~torch.isnan(values)]
-    if values.numel() == 0:
-        return torch.tensor(math.nan), torch.tensor(math.nan)
-    std = values.std() if values.numel() > 1 else torch.zeros((), dtype=values.dtype, device=values.device)
-    return values.mean(), std

@@ -1,8 +1,8 @@
 """Music source separation by magnitude masking: the task family of Chandna et al.'s CNN (and kin).
 
-Batches (datamodules/dsd100.py): training ``{"mixture": (B, samples), "sources": (B, S, samples)}``, each
-excerpt exactly T STFT frames long; evaluation ``{"mixture": (1, n), "sources": (1, S, n), "name",
-"sample_rate"}``, one whole track. The STFT runs on the batch (on the accelerator). A network maps a
+Batches (lightning_modules/batch.py; datamodules/dsd100.py): training ``{"mixture": (B, samples), "sources":
+(B, S, samples)}`` (the task's ``input_key``/``target_key``), each excerpt exactly T STFT frames long;
+evaluation ``{"mixture": (1, n), "sources": (1, S, n), "name", "sample_rate"}``, one whole track. The STFT runs on the batch (on the accelerator). A network maps a
 mixture magnitude chunk (B, T, F) to masked source magnitudes (B, S, T, F). A full track is separated
 by sliding T-frame chunks every ``chunk_stride`` frames, averaging the overlapping outputs, and
 resynthesising each source with the mixture's phase (the authors' code).
@@ -14,18 +14,20 @@ ratio mask |S_n| / sum_k |S_k| from the true sources: the upper bound of this ma
 from __future__ import annotations
 
 import math
-import os
 from typing import Literal, Optional
 
 import numpy as np
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
+from torchmetrics import Metric
 from torchmetrics.aggregation import CatMetric
 
+from lightning_modules import batch as keys
 from lightning_modules.blocks.stft import STFT
+from lightning_modules.callbacks import AudioStemWriter, default_writer
 from lightning_modules.losses.separation import SOURCES, chandna_discriminative_loss
-from lightning_modules.metrics.separation import BSS_METRICS, mean_and_std, si_sdr, track_bss_scores
+from lightning_modules.metrics.separation import BSS_METRICS, si_sdr, track_bss_scores
 from lightning_modules.tasks.base import BaseTask
 
 
@@ -44,8 +46,16 @@ class SeparationTask(BaseTask):
         eval_window_seconds, eval_hop_seconds: BSS Eval windows (SiSEC 2016: 30 s / 15 s).
         bss_eval: compute BSS Eval images v3 at test time (SI-SDR is always computed).
         eval_chunk_batch: chunks per network call when separating a track (memory bound).
+        figure_every_n_epochs: validation spectrogram figures every n epochs (0: never, also at test time).
+        scheduler_interval: ``epoch`` or ``step``: when an injected ``lr_scheduler`` steps.
+        loss: ``loss(estimates, targets) -> scalar`` on scaled magnitudes (B, S, T, F) in place of Chandna's
+            loss (None: Chandna's, from ``alpha``/``beta``/``beta_vocals``/``loss_reduction``).
+        metrics: extra torchmetrics (e.g. ``torchmetrics.audio.SignalDistortionRatio``), updated per track with
+            the estimates and the references, (1, S, samples), logged as ``val/<name>`` and ``test/<name>``.
+        input_key, target_key: the batch keys of the mixture and the sources.
 
-    ``python run.py predict`` writes each track's stems to ``<run folder>/separated/<track>/<source>.wav``.
+    ``python run.py predict`` writes each track's stems to ``<run folder>/separated/<track>/<source>.wav``
+    (``callbacks.AudioStemWriter``).
     """
 
     monitor = "val/si_sdr"
@@ -59,8 +69,12 @@ class SeparationTask(BaseTask):
                  eval_hop_seconds: float = 15.0, bss_eval: bool = True, eval_chunk_batch: int = 256,
                  figure_every_n_epochs: int = 5,
                  optimizer: OptimizerCallable = torch.optim.Adadelta,
-                 lr_scheduler: Optional[LRSchedulerCallable] = None):
-        super().__init__(optimizer=optimizer, lr_scheduler=lr_scheduler)
+                 lr_scheduler: Optional[LRSchedulerCallable] = None,
+                 scheduler_interval: Literal["epoch", "step"] = "epoch", loss: Optional[nn.Module] = None,
+                 metrics: Optional[dict[str, Metric]] = None, input_key: str = keys.MIXTURE,
+                 target_key: str = keys.SOURCES):
+        super().__init__(optimizer=optimizer, lr_scheduler=lr_scheduler, scheduler_interval=scheduler_interval,
+                         figure_every_n_epochs=figure_every_n_epochs)
         if estimator == "network" and network is None:
             raise ValueError('estimator "network" needs a network')
         self.save_config_hyperparameters()
@@ -71,7 +85,9 @@ class SeparationTask(BaseTask):
         self.loss_weights = dict(alpha=alpha, beta=beta, beta_vocals=beta_vocals, reduction=loss_reduction)
         self.eval_window_seconds, self.eval_hop_seconds = eval_window_seconds, eval_hop_seconds
         self.bss_eval, self.eval_chunk_batch = bss_eval, eval_chunk_batch
-        self.figure_every_n_epochs = figure_every_n_epochs
+        self.loss_fn = loss
+        self.input_key, self.target_key = input_key, target_key
+        self.init_extra_metrics(metrics)
         self.sources = SOURCES
         self.val_values = nn.ModuleDict({name: CatMetric() for name in ("si_sdr", "si_sdr_mixture")})
         test_names = [f"{m}_{s}" for m in (*BSS_METRICS, "si_sdr", "si_sdr_mixture") for s in SOURCES]
@@ -91,19 +107,23 @@ class SeparationTask(BaseTask):
 
     # -- training ---------------------------------------------------------------------------------
     def chunk_losses(self, batch: dict) -> dict[str, torch.Tensor]:
-        mixture = self.mag_scale * self.stft.magnitude(batch["mixture"], center=False)  # (B, T, F)
-        targets = self.mag_scale * self.stft.magnitude(batch["sources"], center=False)  # (B, S, T, F)
+        keys.require(batch, self.input_key, self.target_key, task=type(self).__name__)
+        mixture = self.mag_scale * self.stft.magnitude(batch[self.input_key], center=False)  # (B, T, F)
+        targets = self.mag_scale * self.stft.magnitude(batch[self.target_key], center=False)  # (B, S, T, F)
         if mixture.shape[1] != self.time_context:
             raise ValueError(f"training excerpts give {mixture.shape[1]} frames but the network takes T = "
                              f"{self.time_context}: set the data's n_fft/hop_length/chunk_frames to the model's")
+        if self.loss_fn is not None:
+            return {"loss": self.loss_fn(self(mixture), targets)}
         return chandna_discriminative_loss(self(mixture), targets, **self.loss_weights)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         terms = self.chunk_losses(batch)
-        batch_size = batch["mixture"].shape[0]
+        batch_size = batch[self.input_key].shape[0]
         self.log("train/loss", terms["loss"], prog_bar=True, batch_size=batch_size)
         for name in ("sq", "diff", "other", "othervocals"):
-            self.log(f"train/loss_{name}", terms[name], batch_size=batch_size)
+            if name in terms:  # Chandna's loss terms
+                self.log(f"train/loss_{name}", terms[name], batch_size=batch_size)
         return terms["loss"]
 
     # -- separation -------------------------------------------------------------------------------
@@ -144,16 +164,18 @@ class SeparationTask(BaseTask):
 
     # -- evaluation -------------------------------------------------------------------------------
     def _separate_batch(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if batch["mixture"].shape[0] != 1:
+        keys.require(batch, self.input_key, self.target_key, task=type(self).__name__)
+        if batch[self.input_key].shape[0] != 1:
             raise ValueError("evaluation batches hold one whole track (batch size 1)")
-        mixture, references = batch["mixture"][0], batch["sources"][0]
+        mixture, references = batch[self.input_key][0], batch[self.target_key][0]
         return mixture, references, self.separate(mixture, references)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         mixture, references, estimates = self._separate_batch(batch)
         self.val_values["si_sdr"].update(si_sdr(estimates, references).mean())
         self.val_values["si_sdr_mixture"].update(si_sdr(mixture.expand_as(references), references).mean())
-        if batch_idx == 0 and self._figure_due():
+        self.update_extra_metrics("val", estimates[None], references[None])
+        if batch_idx == 0 and self.figure_due():
             self.log_figure(f"val/separation_epoch{self.current_epoch:03d}",
                             separation_figure(self.stft, mixture, references, estimates, self.sources))
 
@@ -163,21 +185,19 @@ class SeparationTask(BaseTask):
         self.log("val/si_sdr_improvement", model - mixture)
         for metric in self.val_values.values():
             metric.reset()
-
-    def _figure_due(self) -> bool:
-        return (self.figure_every_n_epochs > 0 and not self.trainer.sanity_checking and self.trainer.is_global_zero
-                and self.current_epoch % self.figure_every_n_epochs == 0)
+        self.log_extra_metrics("val")
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         mixture, references, estimates = self._separate_batch(batch)
         values = {"si_sdr": si_sdr(estimates, references),
                   "si_sdr_mixture": si_sdr(mixture.expand_as(references), references)}
         if self.bss_eval:
-            values.update(track_bss_scores(references, estimates, int(batch["sample_rate"][0]),
+            values.update(track_bss_scores(references, estimates, int(batch[keys.SAMPLE_RATE][0]),
                                            self.eval_window_seconds, self.eval_hop_seconds))
         for metric, per_source in values.items():
             for source, value in zip(self.sources, per_source):
                 self.test_values[f"{metric}_{source}"].update(value)
+        self.update_extra_metrics("test", estimates[None], references[None])
         if batch_idx == 0 and self.trainer.is_global_zero and self.figure_every_n_epochs > 0:
             self.log_figure("test/separation", separation_figure(self.stft, mixture, references, estimates,
                                                                  self.sources))
@@ -185,34 +205,31 @@ class SeparationTask(BaseTask):
     def on_test_epoch_end(self) -> None:
         # Per source: mean +- std over tracks (the paper's table); overall: the mean over sources.
         metrics = (*(BSS_METRICS if self.bss_eval else ()), "si_sdr", "si_sdr_mixture")
-        per_track = {}
+        per_track = {metric: [self.test_values[f"{metric}_{source}"].compute().double().reshape(-1)
+                              for source in self.sources] for metric in metrics}
+        self.log_mean_std("test", {f"{metric}_{source}": values for metric in metrics
+                                   for source, values in zip(self.sources, per_track[metric])})
         for metric in metrics:
-            for source in self.sources:
-                values = self.test_values[f"{metric}_{source}"].compute().double().reshape(-1)
-                mean, std = mean_and_std(values)
-                self.log(f"test/{metric}_{source}", mean.float())
-                self.log(f"test/{metric}_{source}_std", std.float())
-                per_track.setdefault(metric, []).append(values)
             self.log(f"test/{metric}", torch.nanmean(torch.stack(per_track[metric])).float())
         improvement = torch.stack(per_track["si_sdr"]) - torch.stack(per_track["si_sdr_mixture"])
         self.log("test/si_sdr_improvement", torch.nanmean(improvement).float())
         self.log("test/num_tracks", float(per_track["si_sdr"][0].numel()))
         for metric in self.test_values.values():
             metric.reset()
+        self.log_extra_metrics("test")
 
-    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, list[str]]:
-        """Separate a track and write its stems as WAV (float, at the track's rate); returns the paths."""
-        from datamodules.audio_io import write_audio
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        """Separate a track: ``{"sources": (1, S, n), "name": [track], "sample_rate": (1,)}`` (the writer saves
+        the stems as WAV, float, at the track's rate)."""
+        keys.require(batch, self.input_key, keys.SAMPLE_RATE, task=type(self).__name__)
+        mixture = batch[self.input_key][0]
+        sources = batch[self.target_key][0] if self.target_key in batch else None
+        estimates = self.separate(mixture, sources)
+        name = batch[keys.NAME][0] if keys.NAME in batch else f"track{batch_idx:04d}"
+        return {keys.SOURCES: estimates[None], keys.NAME: [name], keys.SAMPLE_RATE: batch[keys.SAMPLE_RATE][:1]}
 
-        mixture = batch["mixture"][0]
-        sources = batch["sources"][0] if "sources" in batch else None
-        estimates = self.separate(mixture, sources).cpu().numpy()
-        root = os.path.join(self.trainer.default_root_dir if self._trainer is not None else ".", "separated")
-        name = batch["name"][0] if "name" in batch else f"track{batch_idx:04d}"
-        rate = int(batch["sample_rate"][0])
-        paths = [write_audio(os.path.join(root, name, f"{source}.wav"), audio, rate, subtype="FLOAT")
-                 for source, audio in zip(self.sources, estimates)]
-        return {"name": name, "paths": paths}
+    def configure_callbacks(self):
+        return default_writer(self._trainer, AudioStemWriter(self.sources, "separated"))
 
     def configure_optimizers(self):
         if self.network is None:
