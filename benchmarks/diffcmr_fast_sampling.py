@@ -25,6 +25,7 @@ from lightning.pytorch import LightningDataModule
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from lightning_modules.batch import IMAGE, TARGET  # noqa: E402
 from lightning_modules.metrics.reconstruction import reconstruction_metrics  # noqa: E402
 from lightning_modules.tasks.reconstruction import DiffusionReconstructionTask  # noqa: E402
 
@@ -42,7 +43,7 @@ def evaluate(task: DiffusionReconstructionTask, loader, device) -> tuple[dict, f
     values: dict[str, list] = {"psnr": [], "ssim": [], "nmse": []}
     seconds, slices = 0.0, 0
     for batch_idx, batch in enumerate(loader):
-        condition, target = batch["input"].to(device), batch["target"].to(device)
+        condition, target = batch[IMAGE].to(device), batch[TARGET].to(device)
         start = time.perf_counter()
         prediction = task.reconstruct(condition, batch_idx)[""]
         if device.type == "cuda":
@@ -98,7 +99,7 @@ def main(argv=None) -> None:
                   f"{metrics['nmse']:.4f} | {seconds:.3f} | {reference_time / seconds:.1f}x |", flush=True)
     zero = {"psnr": [], "ssim": [], "nmse": []}
     for batch in loader:
-        for key, value in reconstruction_metrics(batch["input"].float(), batch["target"]).items():
+        for key, value in reconstruction_metrics(batch[IMAGE].float(), batch[TARGET]).items():
             zero[key].append(value)
     zero = {k: torch.cat(v).mean().item() for k, v in zero.items()}
     print(f"| zero-filled input | – | 0 | {zero['psnr']:.2f} | {zero['ssim']:.4f} | {zero['nmse']:.4f} | – | – |")

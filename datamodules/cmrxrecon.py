@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from datamodules.base import BaseDataModule, DatasetError
+from lightning_modules.batch import IMAGE, TARGET
 from lightning_modules.blocks.kspace import ifft2c, root_sum_of_squares, zero_pad_kspace
 
 STANDIN_CONFIG = "experiments/diffcmr_demo.yaml"
@@ -125,7 +126,8 @@ def case_number(name: str) -> Optional[int]:
 
 
 class ReconstructionPairDataset(Dataset):
-    """Items ``{"input", "target"}`` (1, H, W) float32 from a list of (input, target) array sources.
+    """Items ``{"image", "target"}`` (lightning_modules/batch.py): the zero-filled input I^u and the fully sampled
+    I^f, (1, H, W) float32, from a list of (input, target) array sources.
 
     ``sources[i]`` is an array (n_i, 2, H, W) (memory-mapped or in memory); ``index`` lists
     (source, slice) pairs. ``augment``: the paper's random horizontal and vertical flips (p = 0.5
@@ -152,8 +154,8 @@ class ReconstructionPairDataset(Dataset):
         if self.transform is not None:
             out = self.transform(image=image, target=target)
             image, target = out["image"], out["target"]
-        return {"input": torch.from_numpy(np.ascontiguousarray(image))[None],
-                "target": torch.from_numpy(np.ascontiguousarray(target))[None]}
+        return {IMAGE: torch.from_numpy(np.ascontiguousarray(image))[None],
+                TARGET: torch.from_numpy(np.ascontiguousarray(target))[None]}
 
 
 class CMRxReconDataModule(BaseDataModule):

@@ -74,8 +74,8 @@ def test_reads_the_release_layout_pools_coils_and_splits_by_case(tmp_path):
     assert len(module.train_set) == 2 * 3 * per_file
     assert len(module.val_set) == 2 * 4 * per_file and module.test_set is module.val_set
     item = module.train_set[0]
-    assert set(item) == {"input", "target"} and item["input"].shape == (1, 16, 16)
-    assert item["input"].dtype == torch.float32
+    assert set(item) == {"image", "target"} and item["image"].shape == (1, 16, 16)
+    assert item["image"].dtype == torch.float32
     train_cases = {module.entries[s]["case"] for s, _ in module.train_set.index}
     val_cases = {module.entries[s]["case"] for s, _ in module.val_set.index}
     assert train_cases == {"P001", "P002"} and val_cases == {"P111", "P112"}

@@ -232,7 +232,7 @@ def test_sampler_calls_the_network_once_per_step_and_encodes_the_condition_once(
 def test_a_constant_zero_noise_prediction_scores_one():
     """The trivial baseline of the epsilon loss: the zero-initialised network predicts 0 -> MSE ~ 1."""
     task = _task()
-    batch = {"input": torch.rand(64, 1, 16, 16), "target": torch.rand(64, 1, 16, 16)}
+    batch = {"image": torch.rand(64, 1, 16, 16), "target": torch.rand(64, 1, 16, 16)}
     loss = task.diffusion_loss(batch, torch.Generator().manual_seed(0))
     assert float(loss) == pytest.approx(1.0, abs=0.05)
 

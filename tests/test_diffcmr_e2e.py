@@ -114,13 +114,13 @@ def test_standin_pairs_are_undersampled_real_anatomy():
     module = MRIUndersamplingDataModule(image_size=32, num_train=4, num_val=2, num_test=6, augment=False)
     module.setup()
     item = module.test_set[0]
-    assert item["input"].shape == item["target"].shape == (1, 32, 32)
-    assert float(item["target"].max()) == pytest.approx(1.0) and float(item["input"].max()) == pytest.approx(1.0)
+    assert item["image"].shape == item["target"].shape == (1, 32, 32)
+    assert float(item["target"].max()) == pytest.approx(1.0) and float(item["image"].max()) == pytest.approx(1.0)
     again = MRIUndersamplingDataModule(image_size=32, num_train=2, num_val=2, num_test=3, augment=False)
     again.setup()
     assert torch.equal(again.test_set[0]["target"], item["target"])  # sample k does not depend on the split size
     assert module.line_mask.sum() < 32 / 4 + module.center_lines + 1
-    inputs = torch.stack([module.test_set[i]["input"] for i in range(6)])
+    inputs = torch.stack([module.test_set[i]["image"] for i in range(6)])
     targets = torch.stack([module.test_set[i]["target"] for i in range(6)])
     assert not torch.allclose(inputs, targets)
 

@@ -5,7 +5,7 @@ scikit-image's Shepp-Logan phantom with random extra ellipses. Each gets a smoot
 MR images are complex), goes to k-space with the centred FFT, loses its phase-encoding lines outside
 a CMRxRecon-style mask (every ``acceleration``-th line plus the central lines), and comes back as the
 zero-filled magnitude I^u. As in DiffCMR's preprocessing, I^u and I^f are each divided by their max.
-Batch keys are those of CMRxRecon: ``input`` (I^u) and ``target`` (I^f), (1, H, W).
+Batch keys are those of CMRxRecon: ``image`` (I^u) and ``target`` (I^f), (1, H, W).
 """
 from __future__ import annotations
 

@@ -1,29 +1,33 @@
 """Undersampled MRI reconstruction: the task family of DiffCMR and its U-Net / cGAN baselines.
 
-Batches are dicts with ``input`` (B, 1, H, W): the zero-filled magnitude image I^u, and ``target``
-(B, 1, H, W): the fully sampled one I^f, both scaled to [0, 1] per slice. Every task logs, per test
-slice, PSNR / SSIM / NMSE of its reconstruction and of the zero-filled input ("RAW" in the paper's
-tables) as ``test/psnr``, ``test/psnr_zero_filled``, ...
+Batches are dicts (lightning_modules/batch.py) with ``image`` (B, 1, H, W): the zero-filled magnitude image
+I^u, and ``target`` (B, 1, H, W): the fully sampled one I^f, both scaled to [0, 1] per slice (the keys are the
+tasks' ``input_key``/``target_key``). Every task logs, per test slice, PSNR / SSIM / NMSE of its
+reconstruction and of the zero-filled input ("RAW" in the paper's tables) as ``test/psnr``,
+``test/psnr_zero_filled``, ... (mean and ``_std`` over slices).
 
 - ``ReconstructionTask``: a network maps I^u to I^f (the U-Net baseline; L1 or MSE loss).
-- ``AdversarialReconstructionTask``: the same plus a conditional PatchGAN discriminator (the cGAN baseline).
+- ``AdversarialReconstructionTask``: the same plus a conditional PatchGAN discriminator (the cGAN baseline),
+  trained by ``tasks.adversarial.AdversarialTraining``.
 - ``DiffusionReconstructionTask``: conditional DDPM (DiffCMR, Algorithms 1 and 2) with R-round
   ensembling and a DDIM option for fast sampling.
 """
 from __future__ import annotations
 
-from typing import Literal, Optional, Sequence
+from typing import Literal, Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 from torch import nn
+from torchmetrics import Metric
 from torchmetrics.aggregation import CatMetric, MeanMetric
 
+from lightning_modules import batch as keys
 from lightning_modules.losses.reconstruction import (discriminator_loss, epsilon_loss, generator_adversarial_loss,
                                                      pixel_loss)
 from lightning_modules.metrics.reconstruction import psnr_per_slice, reconstruction_metrics
+from lightning_modules.tasks.adversarial import FAKE, AdversarialTraining
 from lightning_modules.tasks.base import BaseTask
 
 METRICS = ("psnr", "ssim", "nmse")
@@ -36,9 +40,14 @@ class ReconstructionTask(BaseTask):
     """Image-to-image reconstruction I^u -> I^f trained with a pixel loss.
 
     Args:
-        network: ``forward(input) -> reconstruction``, both (B, 1, H, W).
-        loss: ``"l1"`` (fastMRI U-Net) or ``"mse"``.
+        network: ``forward(image) -> reconstruction``, both (B, 1, H, W).
+        loss: ``"l1"`` (fastMRI U-Net) or ``"mse"``; or a module ``loss(reconstruction, target) -> scalar`` from
+            the config (e.g. ``monai.losses.SSIMLoss``).
         figure_every_n_epochs: how often a validation figure goes to W&B and figures/ (0: never).
+        scheduler_interval: ``epoch`` or ``step``: when an injected ``lr_scheduler`` steps.
+        metrics: extra torchmetrics (e.g. ``torchmetrics.image.StructuralSimilarityIndexMeasure``), updated with
+            the reconstruction and the target (B, 1, H, W), logged as ``val/<name>`` and ``test/<name>``.
+        input_key, target_key: the batch keys of the degraded input I^u and the reference I^f.
     """
 
     monitor = "val/psnr"
@@ -46,14 +55,21 @@ class ReconstructionTask(BaseTask):
     #: groups of test metrics: "" is the reconstruction, "_zero_filled" the input (RAW).
     test_suffixes: tuple[str, ...] = ("", "_zero_filled")
 
-    def __init__(self, network: nn.Module, loss: Literal["l1", "mse"] = "l1", figure_every_n_epochs: int = 1,
+    def __init__(self, network: nn.Module, loss: Union[Literal["l1", "mse"], nn.Module] = "l1",
+                 figure_every_n_epochs: int = 1,
                  optimizer: OptimizerCallable = torch.optim.Adam,
-                 lr_scheduler: Optional[LRSchedulerCallable] = None):
-        super().__init__(optimizer=optimizer, lr_scheduler=lr_scheduler)
+                 lr_scheduler: Optional[LRSchedulerCallable] = None,
+                 scheduler_interval: Literal["epoch", "step"] = "epoch",
+                 metrics: Optional[dict[str, Metric]] = None, input_key: str = keys.IMAGE,
+                 target_key: str = keys.TARGET):
+        super().__init__(optimizer=optimizer, lr_scheduler=lr_scheduler, scheduler_interval=scheduler_interval,
+                         figure_every_n_epochs=figure_every_n_epochs)
         self.save_config_hyperparameters()
         self.network = network
-        self.loss_name = loss
-        self.figure_every_n_epochs = figure_every_n_epochs
+        self.loss_name = loss if isinstance(loss, str) else None
+        self.loss_fn = loss if isinstance(loss, nn.Module) else None
+        self.input_key, self.target_key = input_key, target_key
+        self.init_extra_metrics(metrics)
         self.val_psnr = CatMetric()
         self.val_loss = MeanMetric()  # reduced across processes at epoch end (eval loaders may be uneven under DDP)
         self.test_values = nn.ModuleDict({f"{name}{suffix}": CatMetric()
@@ -66,19 +82,33 @@ class ReconstructionTask(BaseTask):
         """Reconstructions keyed by test-metric suffix ("" = the method's output)."""
         return {"": self(image)}
 
+    def pair(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(degraded input I^u, reference I^f) of a batch."""
+        keys.require(batch, self.input_key, self.target_key, task=type(self).__name__)
+        return batch[self.input_key], batch[self.target_key]
+
+    def reconstruction_loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The pixel loss: the named one (``loss="l1"``/``"mse"``) or the injected module."""
+        if self.loss_fn is not None:
+            return self.loss_fn(prediction, target)
+        return pixel_loss(prediction, target, self.loss_name)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = pixel_loss(self(batch["input"]), batch["target"], self.loss_name)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input"].shape[0])
+        image, target = self.pair(batch)
+        loss = self.reconstruction_loss(self(image), target)
+        self.log("train/loss", loss, prog_bar=True, batch_size=image.shape[0])
         return loss
 
     # -- evaluation -------------------------------------------------------------------------------
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        prediction = self(batch["input"])
-        self.val_loss.update(pixel_loss(prediction, batch["target"], self.loss_name), batch["input"].shape[0])
-        self.val_psnr.update(psnr_per_slice(prediction.float(), batch["target"]))
-        if batch_idx == 0 and self._figure_due():
+        image, target = self.pair(batch)
+        prediction = self(image)
+        self.val_loss.update(self.reconstruction_loss(prediction, target), image.shape[0])
+        self.val_psnr.update(psnr_per_slice(prediction.float(), target))
+        self.update_extra_metrics("val", prediction.float(), target)
+        if batch_idx == 0 and self.figure_due():
             self.log_figure(f"val/reconstruction_epoch{self.current_epoch:03d}",
-                            reconstruction_figure(batch, {"": prediction}))
+                            reconstruction_figure(image, target, {"": prediction}))
 
     def on_validation_epoch_end(self) -> None:
         values = self.val_psnr.compute()
@@ -86,95 +116,88 @@ class ReconstructionTask(BaseTask):
         self.log("val/loss", self.val_loss.compute())
         self.val_psnr.reset()
         self.val_loss.reset()
-
-    def _figure_due(self) -> bool:
-        return (self.figure_every_n_epochs > 0 and not self.trainer.sanity_checking and self.trainer.is_global_zero
-                and self.current_epoch % self.figure_every_n_epochs == 0)
+        self.log_extra_metrics("val")
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        outputs = self.reconstruct(batch["input"], batch_idx)
-        outputs["_zero_filled"] = batch["input"]
+        image, target = self.pair(batch)
+        outputs = self.reconstruct(image, batch_idx)
+        outputs["_zero_filled"] = image
         for suffix in self.test_suffixes:
-            for name, values in reconstruction_metrics(outputs[suffix].float(), batch["target"]).items():
+            for name, values in reconstruction_metrics(outputs[suffix].float(), target).items():
                 self.test_values[f"{name}{suffix}"].update(values)
+        self.update_extra_metrics("test", outputs[""].float(), target)
         if batch_idx == 0 and self.trainer.is_global_zero:
-            self.log_figure("test/reconstruction", reconstruction_figure(batch, outputs))
+            self.log_figure("test/reconstruction", reconstruction_figure(image, target, outputs))
 
     def on_test_epoch_end(self) -> None:
-        # CatMetric gathers every slice from every process: the mean is over slices, as in the paper.
-        for name, metric in self.test_values.items():
-            values = metric.compute().double()
-            self.log(f"test/{name}", values.mean().float())
-            self.log(f"test/{name}_std", values.std().float() if values.numel() > 1 else torch.tensor(0.0))
+        # CatMetric gathers every slice from every process: mean and std are over slices, as in the paper.
+        values = {name: metric.compute().double() for name, metric in self.test_values.items()}
+        self.log_mean_std("test", values)
+        self.log("test/num_slices", float(next(iter(values.values())).numel()))
+        for metric in self.test_values.values():
             metric.reset()
-        self.log("test/num_slices", float(values.numel()))
+        self.log_extra_metrics("test")
 
     def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self.reconstruct(batch["input"], batch_idx)[""]
+        keys.require(batch, self.input_key, task=type(self).__name__)
+        return self.reconstruct(batch[self.input_key], batch_idx)[""]
 
 
-class AdversarialReconstructionTask(ReconstructionTask):
+class AdversarialReconstructionTask(AdversarialTraining, ReconstructionTask):
     """cGAN baseline: generator loss ``pixel + adversarial_weight * BCE(D(I^u, G(I^u)), real)``; the
     discriminator sees (I^u, image) pairs (pix2pix-style conditional PatchGAN) and is trained with
-    ``(BCE(D(I^u, I^f), real) + BCE(D(I^u, G(I^u)), fake)) / 2``. Both use the same optimizer recipe.
+    ``(BCE(D(I^u, I^f), real) + BCE(D(I^u, G(I^u)), fake)) / 2``. Both use the same optimizer recipe
+    unless ``discriminator_optimizer`` is given. The alternating updates are ``AdversarialTraining``'s.
 
     Args:
-        network: the generator, ``forward(input) -> reconstruction``.
-        discriminator: ``forward(cat(input, image)) -> logits`` (a tensor, or a list whose last item is).
+        network: the generator, ``forward(image) -> reconstruction``.
+        discriminator: ``forward(cat(image, reconstruction)) -> logits`` (a tensor, or a list whose last item is).
         adversarial_weight: weight of the adversarial term in the generator loss.
+        discriminator_optimizer: the discriminator's optimiser; None: ``optimizer``'s recipe.
+        gradient_clip_val, gradient_clip_algorithm: clip each network's gradients before its step (None: no
+            clipping; the trainer's own option does not apply to manual optimisation).
     """
 
     def __init__(self, network: nn.Module, discriminator: nn.Module, adversarial_weight: float = 0.01,
-                 loss: Literal["l1", "mse"] = "l1", figure_every_n_epochs: int = 1,
+                 loss: Union[Literal["l1", "mse"], nn.Module] = "l1", figure_every_n_epochs: int = 1,
                  optimizer: OptimizerCallable = torch.optim.Adam,
-                 lr_scheduler: Optional[LRSchedulerCallable] = None):
+                 lr_scheduler: Optional[LRSchedulerCallable] = None,
+                 scheduler_interval: Literal["epoch", "step"] = "epoch",
+                 metrics: Optional[dict[str, Metric]] = None, input_key: str = keys.IMAGE,
+                 target_key: str = keys.TARGET, discriminator_optimizer: Optional[OptimizerCallable] = None,
+                 gradient_clip_val: Optional[float] = None,
+                 gradient_clip_algorithm: Literal["norm", "value"] = "norm"):
         super().__init__(network, loss=loss, figure_every_n_epochs=figure_every_n_epochs, optimizer=optimizer,
-                         lr_scheduler=lr_scheduler)
+                         lr_scheduler=lr_scheduler, scheduler_interval=scheduler_interval, metrics=metrics,
+                         input_key=input_key, target_key=target_key)
         self.save_config_hyperparameters()
         self.discriminator = discriminator
         self.adversarial_weight = adversarial_weight
-        self.automatic_optimization = False
+        self.init_adversarial(discriminator_optimizer, gradient_clip_val, gradient_clip_algorithm)
 
-    def configure_optimizers(self):
-        optimizers = [self.optimizer_factory(self.network.parameters()),
-                      self.optimizer_factory(self.discriminator.parameters())]
-        if self.lr_scheduler_factory is None:
-            return optimizers
-        return optimizers, [self.lr_scheduler_factory(o) for o in optimizers]
+    def generator_parameters(self):
+        return self.network.parameters()
+
+    def discriminator_parameters(self):
+        return self.discriminator.parameters()
 
     def _logits(self, condition: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         out = self.discriminator(torch.cat([condition, image], dim=1))
         return out[-1] if isinstance(out, (list, tuple)) else out
 
-    def training_step(self, batch: dict, batch_idx: int) -> None:
-        generator_optimizer, discriminator_optimizer = self.optimizers()
-        condition, target = batch["input"], batch["target"]
+    def generator_losses(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Pixel loss + fool the discriminator."""
+        condition, target = self.pair(batch)
         prediction = self(condition)
-
-        # Generator: pixel loss + fool the discriminator (its gradients are discarded below).
-        pixel = pixel_loss(prediction, target, self.loss_name)
+        pixel = self.reconstruction_loss(prediction, target)
         adversarial = generator_adversarial_loss(self._logits(condition, prediction))
-        generator_loss = pixel + self.adversarial_weight * adversarial
-        generator_optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(generator_loss)
-        generator_optimizer.step()
+        return {"loss": pixel + self.adversarial_weight * adversarial, "pixel": pixel, "adversarial": adversarial,
+                FAKE: prediction}
 
-        # Discriminator: real pairs vs the (detached) reconstructions.
-        d_loss = discriminator_loss(self._logits(condition, target), self._logits(condition, prediction.detach()))
-        discriminator_optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(d_loss)
-        discriminator_optimizer.step()
-
-        batch_size = condition.shape[0]
-        self.log("train/loss", generator_loss, prog_bar=True, batch_size=batch_size)
-        self.log("train/pixel", pixel, batch_size=batch_size)
-        self.log("train/adversarial", adversarial, batch_size=batch_size)
-        self.log("train/discriminator", d_loss, batch_size=batch_size)
-
-    def on_train_epoch_end(self) -> None:
-        schedulers = self.lr_schedulers()
-        for scheduler in (schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []):
-            scheduler.step()
+    def discriminator_losses(self, batch: dict, fake: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Real pairs vs the (detached) reconstructions."""
+        condition, target = self.pair(batch)
+        return {"loss": discriminator_loss(self._logits(condition, target), self._logits(condition, fake))}
 
 
 def linear_beta_range(num_steps: int) -> tuple[float, float]:
@@ -217,6 +240,9 @@ class DiffusionReconstructionTask(ReconstructionTask):
         report_single_round: also log ``test/{psnr,ssim,nmse}_r1``: the first round alone (R = 1).
         sample_seed: seed of the sampling noise in test/predict (per batch: seed + batch index), so a
             test is reproducible; ``None`` draws from the global generator.
+        scheduler_interval, input_key, target_key: as ``ReconstructionTask``'s.
+        metrics: extra torchmetrics on the ensembled reconstruction and the target, at test time only
+            (validation does not sample).
 
     The sampling arguments (``SAMPLING_OPTIONS``) are not saved in checkpoints: a checkpoint tested
     with other T, R or sampler takes them from the config / command line (or load_from_checkpoint's kwargs).
@@ -233,14 +259,18 @@ class DiffusionReconstructionTask(ReconstructionTask):
                  report_single_round: bool = True, sample_seed: Optional[int] = 0,
                  figure_every_n_epochs: int = 1,
                  optimizer: OptimizerCallable = torch.optim.AdamW,
-                 lr_scheduler: Optional[LRSchedulerCallable] = None):
+                 lr_scheduler: Optional[LRSchedulerCallable] = None,
+                 scheduler_interval: Literal["epoch", "step"] = "epoch",
+                 metrics: Optional[dict[str, Metric]] = None, input_key: str = keys.IMAGE,
+                 target_key: str = keys.TARGET):
         if rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {rounds}")
         if sampler not in ("ddpm", "ddim"):
             raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
         self.test_suffixes = ("", "_r1", "_zero_filled") if report_single_round else ("", "_zero_filled")
         super().__init__(network, loss="mse", figure_every_n_epochs=figure_every_n_epochs, optimizer=optimizer,
-                         lr_scheduler=lr_scheduler)
+                         lr_scheduler=lr_scheduler, scheduler_interval=scheduler_interval, metrics=metrics,
+                         input_key=input_key, target_key=target_key)
         self.save_config_hyperparameters()
         # Sampling options are test-time choices, not properties of the trained network: kept out of the
         # checkpoint, so `run.py test --ckpt_path ...` (which restores a checkpoint's hparams over the
@@ -297,7 +327,7 @@ class DiffusionReconstructionTask(ReconstructionTask):
 
     # -- training ---------------------------------------------------------------------------------
     def diffusion_loss(self, batch: dict, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        target, condition = batch["target"], batch["input"]
+        condition, target = self.pair(batch)
         batch_size = target.shape[0]
         timesteps = torch.randint(0, self.train_steps, (batch_size,), device=target.device, generator=generator)
         noise = torch.randn(target.shape, device=target.device, dtype=target.dtype, generator=generator)
@@ -306,13 +336,14 @@ class DiffusionReconstructionTask(ReconstructionTask):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.diffusion_loss(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input"].shape[0])
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch[self.input_key].shape[0])
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         # The epsilon-MSE at fixed (t, eps) draws per batch: comparable across epochs, cheap (no sampling).
-        generator = torch.Generator(device=batch["target"].device).manual_seed(10_000 + batch_idx)
-        self.val_loss.update(self.diffusion_loss(batch, generator), batch["input"].shape[0])
+        condition, target = self.pair(batch)
+        generator = torch.Generator(device=target.device).manual_seed(10_000 + batch_idx)
+        self.val_loss.update(self.diffusion_loss(batch, generator), condition.shape[0])
 
     def on_validation_epoch_end(self) -> None:
         self.log("val/loss", self.val_loss.compute())
@@ -356,18 +387,18 @@ class DiffusionReconstructionTask(ReconstructionTask):
         return self.reconstruct(image)[""]
 
 
-def reconstruction_figure(batch: dict, outputs: dict[str, torch.Tensor]):
+def reconstruction_figure(image: torch.Tensor, target: torch.Tensor, outputs: dict[str, torch.Tensor]):
     """Zero-filled input, reconstruction(s), ground truth and |error| for the first slice (paper Fig. 3)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("zero-filled", batch["input"])]
+    panels = [("zero-filled", image)]
     panels += [(("reconstruction" if key == "" else key.strip("_")), value) for key, value in outputs.items()
                if key != "_zero_filled"]
-    panels.append(("ground truth", batch["target"]))
-    target = batch["target"][0, 0].detach().float().cpu()
+    panels.append(("ground truth", target))
+    target = target[0, 0].detach().float().cpu()
     prediction = outputs[""][0, 0].detach().float().cpu()
     figure, axes = plt.subplots(1, len(panels) + 1, figsize=(3.2 * (len(panels) + 1), 3.4))
     for ax, (title, image) in zip(axes, panels):
