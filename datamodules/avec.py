@@ -46,6 +46,7 @@ from torch.utils.data import Dataset, Sampler
 
 from datamodules.audio_io import audio_info, load_audio
 from datamodules.base import BaseDataModule, DatasetError
+from lightning_modules.batch import AUDIO, GROUP, TARGET
 
 STANDIN_CONFIG = "experiments/dcca_demo.yaml"
 SPLITS = ("train", "dev", "test")
@@ -233,10 +234,11 @@ def segment_starts(num_samples: int, segment_samples: int, hop_samples: int) -> 
 
 
 class SegmentDataset(Dataset):
-    """Every segment of every recording: items ``{"audio": (segment_samples,), "target", "recording_id"}``.
+    """Every segment of every recording: items ``{"audio": (segment_samples,), "target", "group"}``
+    (lightning_modules/batch.py), ``group`` the integer index of the segment's recording.
 
     Args:
-        recordings: the recordings (their order gives the integer ``recording_id`` of the batch).
+        recordings: the recordings (their order gives the integer ``group`` of the batch).
         sources: for each recording, its audio sources (one file, or its clips) with ``num_samples`` and
             ``read(start, frames)``.
     """
@@ -263,8 +265,8 @@ class SegmentDataset(Dataset):
         audio = self.sources[r][int(self.source_index[index])].read(int(self.starts[index]), self.segment_samples)
         if len(audio) < self.segment_samples:
             audio = np.pad(audio, (0, self.segment_samples - len(audio)))
-        return {"audio": torch.from_numpy(np.array(audio, dtype=np.float32)),
-                "target": torch.tensor(self.scores[r]), "recording_id": torch.tensor(r, dtype=torch.int64)}
+        return {AUDIO: torch.from_numpy(np.array(audio, dtype=np.float32)),
+                TARGET: torch.tensor(self.scores[r]), GROUP: torch.tensor(r, dtype=torch.int64)}
 
 
 class ScoreBalancedSampler(Sampler[int]):

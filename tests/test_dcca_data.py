@@ -48,13 +48,13 @@ def test_partitions_layout_reads_audio_labels_and_segments(tmp_path, recordings)
     assert len(dm.train_set) == 4 * 2  # 4.5 s -> segments at 0 and 1.5 s
     item = dm.test_set[1]
     recording, audio = [(r, a) for r, a in recordings if r.split == "test"][0]
-    assert item["audio"].shape == (24000,) and item["recording_id"] == 0
+    assert item["audio"].shape == (24000,) and item["group"] == 0
     assert float(item["target"]) == recording.score
     np.testing.assert_allclose(item["audio"].numpy(), audio[12000:36000], atol=1 / 32767 + 1e-6)  # PCM_16
     assert dm.train_target_mean == pytest.approx(np.mean([r.score for r, _ in recordings if r.split == "train"]))
     assert not (root / ".cache_8000hz").exists()  # 8 kHz mono files are read in windows, not cached
     batch = next(iter(dm.test_dataloader()))
-    assert set(batch) == {"audio", "target", "recording_id"} and batch["audio"].shape == (4, 24000)
+    assert set(batch) == {"audio", "target", "group"} and batch["audio"].shape == (4, 24000)
 
 
 def test_other_rates_are_resampled_once_into_the_cache(tmp_path, recordings):
@@ -195,7 +195,7 @@ def test_standin_datamodule_has_the_real_batch_keys_and_is_deterministic():
     dm.setup("fit")
     assert len(dm.train_set) == 6 * 5  # 1 s segments, 0.5 s hop: 5 per 3 s
     batch = next(iter(dm.train_dataloader()))
-    assert set(batch) == {"audio", "target", "recording_id"} and batch["audio"].shape == (8, 8000)
+    assert set(batch) == {"audio", "target", "group"} and batch["audio"].shape == (8, 8000)
     other = SyntheticDepressionSpeechDataModule(num_train=6, num_dev=2, num_test=2, recording_seconds=3.0)
     other.setup("fit")
     assert torch.equal(dm.test_set[3]["audio"], other.test_set[3]["audio"])

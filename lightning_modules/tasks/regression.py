@@ -1,7 +1,8 @@
 """Regression from segments of a longer recording (e.g. depression level from speech): the task family.
 
-Batches are dicts with the network's input under ``input_key`` (e.g. ``audio`` (B, samples)), ``target``
-(B,) float and ``recording_id`` (B,) int64. The network maps the input to one value per segment; a
+Batches are dicts (lightning_modules/batch.py) with the network's input under ``input_key`` (e.g. ``audio``
+(B, samples)), the score under ``target_key`` (``target``, (B,) float) and the recording a segment was cut
+from under ``group_key`` (``group``, (B,) int64). The network maps the input to one value per segment; a
 recording's prediction is the mean over its segments, and MAE/RMSE are computed over recordings. The
 trivial baseline -- predicting the training mean for every recording -- is logged next to them
 (``*_mean_baseline``); the DataModule provides it as ``train_target_mean``.
@@ -9,12 +10,14 @@ trivial baseline -- predicting the training mean for every recording -- is logge
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Optional
+from typing import Literal, Optional, Union
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
+from torchmetrics import Metric
 
+from lightning_modules import batch as keys
 from lightning_modules.losses.regression import LossName, range_weights, regression_loss
 from lightning_modules.metrics.regression import RecordingLevelErrors
 from lightning_modules.tasks.base import BaseTask
@@ -25,24 +28,36 @@ class RegressionTask(BaseTask):
 
     Args:
         network: ``forward(batch[input_key]) -> (B,)`` (or (B, 1)) predictions.
-        loss: "rmse" (DCCANet, CSENet), "mse", "l1" or "huber".
-        loss_bin_edges, loss_weights: optional per-target-range loss weights (see losses.regression.range_weights).
+        loss: "rmse" (DCCANet, CSENet), "mse", "l1" or "huber"; or a module ``loss(predictions (B,), targets (B,))
+            -> scalar`` (e.g. ``torch.nn.SmoothL1Loss``) from the config.
+        loss_bin_edges, loss_weights: optional per-target-range loss weights (see losses.regression.range_weights;
+            the named losses only).
         clamp_range: evaluation predictions are clipped to this [low, high] (e.g. BDI-II [0, 63]);
             training sees the raw outputs, so the gradient never vanishes at the bounds.
         input_key: the batch key fed to the network.
         huber_delta: delta of the Huber loss.
         figure: log a true-vs-predicted scatter plot of the test recordings (DCCANet Fig. 3).
+        scheduler_interval: ``epoch`` or ``step``: when an injected ``lr_scheduler`` steps.
+        metrics: extra torchmetrics (e.g. ``torchmetrics.PearsonCorrCoef``), updated at the epoch end with the
+            recording-level predictions and targets (B_recordings,), logged as ``val/<name>``, ``test/<name>``.
+        target_key, group_key: the batch keys of the score and of the recording index.
     """
 
     monitor = "val/rmse"
     monitor_mode = "min"
 
-    def __init__(self, network: nn.Module, loss: LossName = "rmse", loss_bin_edges: Optional[Sequence[float]] = None,
+    def __init__(self, network: nn.Module, loss: Union[LossName, nn.Module] = "rmse",
+                 loss_bin_edges: Optional[Sequence[float]] = None,
                  loss_weights: Optional[Sequence[float]] = None, clamp_range: Optional[Sequence[float]] = None,
-                 input_key: str = "audio", huber_delta: float = 1.0, figure: bool = True,
+                 input_key: str = keys.AUDIO, huber_delta: float = 1.0, figure: bool = True,
                  optimizer: OptimizerCallable = torch.optim.Adam,
-                 lr_scheduler: Optional[LRSchedulerCallable] = None):
-        super().__init__(optimizer=optimizer, lr_scheduler=lr_scheduler)
+                 lr_scheduler: Optional[LRSchedulerCallable] = None,
+                 scheduler_interval: Literal["epoch", "step"] = "epoch",
+                 metrics: Optional[dict[str, Metric]] = None, target_key: str = keys.TARGET,
+                 group_key: str = keys.GROUP):
+        super().__init__(optimizer=optimizer, lr_scheduler=lr_scheduler, scheduler_interval=scheduler_interval)
+        if isinstance(loss, nn.Module) and loss_weights is not None:
+            raise ValueError("loss_bin_edges/loss_weights weight the named losses; a loss module takes its own")
         if (loss_bin_edges is None) != (loss_weights is None):
             raise ValueError("give both loss_bin_edges and loss_weights, or neither")
         if loss_weights is not None and len(loss_weights) != len(loss_bin_edges) + 1:
@@ -51,17 +66,24 @@ class RegressionTask(BaseTask):
             raise ValueError(f"clamp_range must be [low, high] with low < high, got {clamp_range}")
         self.save_config_hyperparameters()
         self.network = network
-        self.loss_name = loss
+        self.loss_name = loss if isinstance(loss, str) else None
+        self.loss_fn = loss if isinstance(loss, nn.Module) else None
         self.loss_bin_edges = None if loss_bin_edges is None else list(loss_bin_edges)
         self.loss_weights = None if loss_weights is None else list(loss_weights)
         self.clamp_range = None if clamp_range is None else tuple(float(v) for v in clamp_range)
-        self.input_key = input_key
+        self.input_key, self.target_key, self.group_key = input_key, target_key, group_key
         self.huber_delta = huber_delta
         self.figure = figure
         # Saved in checkpoints, so `run.py test --ckpt_path` reports the baseline without the train set.
         self.register_buffer("train_target_mean", torch.tensor(float("nan")))
         self.val_errors = RecordingLevelErrors()
         self.test_errors = RecordingLevelErrors()
+        self.init_extra_metrics(metrics)
+        # Fed with recording-level values that RecordingLevelErrors has already gathered from every process:
+        # syncing them again would count each recording once per process.
+        for collection in self.extra_metrics.values():
+            for metric in collection.values():
+                metric.sync_on_compute = metric._to_sync = False
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.network(inputs).reshape(inputs.shape[0])
@@ -72,6 +94,8 @@ class RegressionTask(BaseTask):
         return predictions if self.clamp_range is None else predictions.clamp(*self.clamp_range)
 
     def compute_loss(self, predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.loss_fn is not None:
+            return self.loss_fn(predictions, targets.to(predictions.dtype))
         weights = None
         if self.loss_weights is not None:
             weights = range_weights(targets.float(), self.loss_bin_edges, self.loss_weights)
@@ -92,24 +116,33 @@ class RegressionTask(BaseTask):
 
     # -- steps ------------------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        keys.require(batch, self.input_key, self.target_key, task=type(self).__name__)
         predictions = self(batch[self.input_key])
-        loss = self.compute_loss(predictions, batch["target"])
+        loss = self.compute_loss(predictions, batch[self.target_key])
         self.log("train/loss", loss, prog_bar=True, batch_size=predictions.shape[0])
         return loss
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def _update_errors(self, errors: RecordingLevelErrors, batch: dict) -> None:
+        keys.require(batch, self.input_key, self.target_key, self.group_key, task=type(self).__name__)
         predictions = self.predict_scores(batch[self.input_key])
-        self.val_errors.update(predictions, batch["target"], batch["recording_id"])
+        errors.update(predictions, batch[self.target_key], batch[self.group_key])
+
+    def _log_extra(self, stage: str, errors: dict) -> None:
+        self.update_extra_metrics(stage, errors["recording_predictions"], errors["recording_targets"])
+        self.log_extra_metrics(stage)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._update_errors(self.val_errors, batch)
 
     def on_validation_epoch_end(self) -> None:
         errors = self.val_errors.compute()
         self.log_dict({"val/rmse": errors["rmse"], "val/mae": errors["mae"],
                        "val/segment_rmse": errors["segment_rmse"]}, prog_bar=True)
+        self._log_extra("val", errors)
         self.val_errors.reset()
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        predictions = self.predict_scores(batch[self.input_key])
-        self.test_errors.update(predictions, batch["target"], batch["recording_id"])
+        self._update_errors(self.test_errors, batch)
 
     def on_test_epoch_end(self) -> None:
         baseline = self.train_target_mean if torch.isfinite(self.train_target_mean) else None
@@ -119,13 +152,18 @@ class RegressionTask(BaseTask):
         if baseline is not None:
             self.log("test/mae_mean_baseline", errors["mae_baseline"])
             self.log("test/rmse_mean_baseline", errors["rmse_baseline"])
+        self._log_extra("test", errors)
         if self.figure and self.trainer.is_global_zero:
             self.log_figure("test/true_vs_predicted", true_vs_predicted_figure(
                 errors["recording_targets"], errors["recording_predictions"], baseline))
         self.test_errors.reset()
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
-        return {"prediction": self.predict_scores(batch[self.input_key]), "recording_id": batch["recording_id"]}
+        """Segment predictions and their group (recording) index."""
+        out = {"prediction": self.predict_scores(batch[self.input_key])}
+        if self.group_key in batch:
+            out[self.group_key] = batch[self.group_key]
+        return out
 
 
 def true_vs_predicted_figure(actual: torch.Tensor, predicted: torch.Tensor, baseline: Optional[torch.Tensor] = None):
