@@ -1,21 +1,23 @@
 """Unsupervised deformable registration (2D and 3D): the task family FNOReg, VoxelMorph and
 Fourier-Net share.
 
-Batches are dicts with ``fixed``, ``moving`` (B, 1, *spatial) float images and, for evaluation or the
-segmentation loss, ``fixed_seg``, ``moving_seg`` (B, 1, *spatial) integer label maps. A network maps
-``(moving, fixed)`` to a displacement in normalised grid units (see blocks/warp.py).
+Batches are dicts (lightning_modules/batch.py) with ``fixed``, ``moving`` (B, 1, *spatial) float images and,
+for evaluation or the segmentation loss, ``fixed_seg``, ``moving_seg`` (B, 1, *spatial) integer label maps. A
+network maps ``(moving, fixed)`` to a displacement in normalised grid units (see blocks/warp.py).
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
+from torchmetrics import Metric
 from torchmetrics.aggregation import CatMetric
 
+from lightning_modules import batch as keys
 from lightning_modules.blocks.warp import normalised_to_voxels, warp
 from lightning_modules.losses.registration import diffusion_regulariser, one_hot_labels, segmentation_dice_loss
 from lightning_modules.metrics.registration import dice_per_pair, folding_percent, std_log_jacobian
@@ -23,7 +25,8 @@ from lightning_modules.tasks.base import BaseTask
 
 
 class RegistrationTask(BaseTask):
-    """Loss ``MSE(f, m o phi) + smooth_weight * L_smooth (+ seg_weight * L_dice on warped one-hot labels)``.
+    """Loss ``MSE(f, m o phi) + smooth_weight * L_smooth (+ seg_weight * L_dice on warped one-hot labels)``;
+    ``similarity`` replaces the MSE term.
 
     Args:
         network: ``forward(moving, fixed) -> displacement`` (normalised units).
@@ -33,6 +36,13 @@ class RegistrationTask(BaseTask):
         train_scale: resolution factor of training (0.5 = the paper's "0.5x" scenario: images are
             resized before the network; validation and test always run at the data's full size).
         figure_every_n_epochs: how often a validation figure goes to W&B and figures/ (0: never).
+        scheduler_interval: ``epoch`` or ``step``: when an injected ``lr_scheduler`` steps.
+        similarity: the image similarity term ``similarity(warped, fixed) -> scalar`` in place of the MSE,
+            e.g. ``monai.losses.LocalNormalizedCrossCorrelationLoss``; None: MSE. It is logged as
+            ``train/similarity``; the regulariser and the Dice term are added as above.
+        metrics: extra torchmetrics, updated with the warped moving labels and the fixed labels, int64
+            (B, 1, *spatial), logged as ``val/<name>`` and ``test/<name>``.
+        fixed_key, moving_key: the batch keys of the two images (their label maps are ``fixed_seg``/``moving_seg``).
     """
 
     monitor = "val/dice"
@@ -42,8 +52,12 @@ class RegistrationTask(BaseTask):
                  seg_num_classes: Optional[int] = None, train_scale: float = 1.0,
                  figure_every_n_epochs: int = 1,
                  optimizer: OptimizerCallable = torch.optim.Adam,
-                 lr_scheduler: Optional[LRSchedulerCallable] = None):
-        super().__init__(optimizer=optimizer, lr_scheduler=lr_scheduler)
+                 lr_scheduler: Optional[LRSchedulerCallable] = None,
+                 scheduler_interval: Literal["epoch", "step"] = "epoch", similarity: Optional[nn.Module] = None,
+                 metrics: Optional[dict[str, Metric]] = None, fixed_key: str = keys.FIXED,
+                 moving_key: str = keys.MOVING):
+        super().__init__(optimizer=optimizer, lr_scheduler=lr_scheduler, scheduler_interval=scheduler_interval,
+                         figure_every_n_epochs=figure_every_n_epochs)
         if seg_weight > 0 and not seg_num_classes:
             raise ValueError("seg_weight > 0 needs seg_num_classes (label values including background)")
         if not 0 < train_scale <= 1:
@@ -54,7 +68,9 @@ class RegistrationTask(BaseTask):
         self.seg_weight = seg_weight
         self.seg_num_classes = seg_num_classes
         self.train_scale = train_scale
-        self.figure_every_n_epochs = figure_every_n_epochs
+        self.similarity = similarity
+        self.fixed_key, self.moving_key = fixed_key, moving_key
+        self.init_extra_metrics(metrics)
         self.val_dice = CatMetric()
         self.test_values = nn.ModuleDict({name: CatMetric() for name in
                                           ("dice", "dice_before", "folding_percent", "sdlogj")})
@@ -72,16 +88,27 @@ class RegistrationTask(BaseTask):
         mode = "bilinear" if image.ndim == 4 else "trilinear"
         return F.interpolate(image, size=size, mode=mode, align_corners=False)
 
+    def images(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(fixed, moving) of a batch."""
+        keys.require(batch, self.fixed_key, self.moving_key, task=type(self).__name__)
+        return batch[self.fixed_key], batch[self.moving_key]
+
+    def labels(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(fixed_seg, moving_seg) of a batch."""
+        keys.require(batch, keys.FIXED_SEG, keys.MOVING_SEG, task=type(self).__name__)
+        return batch[keys.FIXED_SEG], batch[keys.MOVING_SEG]
+
     def losses(self, batch: dict, resize: bool = False) -> dict[str, torch.Tensor]:
-        fixed, moving = batch["fixed"], batch["moving"]
+        fixed, moving = self.images(batch)
         if resize:
             fixed, moving = self._resize(fixed), self._resize(moving)
         displacement = self(moving, fixed)
         warped = warp(moving, displacement)
-        out = {"similarity": F.mse_loss(warped, fixed), "smoothness": diffusion_regulariser(displacement)}
+        similarity = F.mse_loss(warped, fixed) if self.similarity is None else self.similarity(warped, fixed)
+        out = {"similarity": similarity, "smoothness": diffusion_regulariser(displacement)}
         out["loss"] = out["similarity"] + self.smooth_weight * out["smoothness"]
         if self.seg_weight > 0:
-            fixed_seg, moving_seg = batch["fixed_seg"], batch["moving_seg"]
+            fixed_seg, moving_seg = self.labels(batch)
             if resize:
                 fixed_seg, moving_seg = self._resize(fixed_seg, True), self._resize(moving_seg, True)
             warped_onehot = warp(one_hot_labels(moving_seg, self.seg_num_classes), displacement)
@@ -93,7 +120,7 @@ class RegistrationTask(BaseTask):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         out = self.losses(batch, resize=True)
-        batch_size = batch["fixed"].shape[0]
+        batch_size = out["warped"].shape[0]
         self.log("train/loss", out["loss"], prog_bar=True, batch_size=batch_size)
         for name in ("similarity", "smoothness", "segmentation"):
             if name in out:
@@ -106,50 +133,50 @@ class RegistrationTask(BaseTask):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         out = self.losses(batch)
-        self.log("val/loss", out["loss"], sync_dist=True, batch_size=batch["fixed"].shape[0])
-        warped_seg = self._warp_labels(batch["moving_seg"], out["displacement"])
-        self.val_dice.update(dice_per_pair(warped_seg, batch["fixed_seg"]))
-        if batch_idx == 0 and self._figure_due():
-            self.log_figure(f"val/registration_epoch{self.current_epoch:03d}", registration_figure(batch, out))
+        fixed, moving = self.images(batch)
+        fixed_seg, moving_seg = self.labels(batch)
+        self.log("val/loss", out["loss"], sync_dist=True, batch_size=fixed.shape[0])
+        warped_seg = self._warp_labels(moving_seg, out["displacement"])
+        self.val_dice.update(dice_per_pair(warped_seg, fixed_seg))
+        self.update_extra_metrics("val", warped_seg, fixed_seg.long())
+        if batch_idx == 0 and self.figure_due():
+            self.log_figure(f"val/registration_epoch{self.current_epoch:03d}",
+                            registration_figure(fixed, moving, out))
 
     def on_validation_epoch_end(self) -> None:
         values = self.val_dice.compute()
         self.log("val/dice", torch.nanmean(values) if values.numel() else torch.tensor(0.0))
         self.val_dice.reset()
-
-    def _figure_due(self) -> bool:
-        return (self.figure_every_n_epochs > 0 and not self.trainer.sanity_checking and self.trainer.is_global_zero
-                and self.current_epoch % self.figure_every_n_epochs == 0)
+        self.log_extra_metrics("val")
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         out = self.losses(batch)
+        fixed, moving = self.images(batch)
+        fixed_seg, moving_seg = self.labels(batch)
         displacement = out["displacement"]
-        warped_seg = self._warp_labels(batch["moving_seg"], displacement)
-        self.test_values["dice"].update(dice_per_pair(warped_seg, batch["fixed_seg"]))
-        self.test_values["dice_before"].update(dice_per_pair(batch["moving_seg"], batch["fixed_seg"]))
+        warped_seg = self._warp_labels(moving_seg, displacement)
+        self.test_values["dice"].update(dice_per_pair(warped_seg, fixed_seg))
+        self.test_values["dice_before"].update(dice_per_pair(moving_seg, fixed_seg))
         self.test_values["folding_percent"].update(folding_percent(displacement))
         self.test_values["sdlogj"].update(std_log_jacobian(displacement))
-        self.log("test/loss", out["loss"], sync_dist=True, batch_size=batch["fixed"].shape[0])
+        self.update_extra_metrics("test", warped_seg, fixed_seg.long())
+        self.log("test/loss", out["loss"], sync_dist=True, batch_size=fixed.shape[0])
         if batch_idx == 0 and self.trainer.is_global_zero:
-            self.log_figure("test/registration", registration_figure(batch, out))
+            self.log_figure("test/registration", registration_figure(fixed, moving, out))
 
     def on_test_epoch_end(self) -> None:
         # CatMetric gathers every pair from every process: mean and std are over pairs, as in the papers.
-        for name, metric in self.test_values.items():
-            values = metric.compute().float()
-            self.log(f"test/{name}", torch.nanmean(values))
-            self.log(f"test/{name}_std", _nanstd(values))
+        values = {name: metric.compute().float() for name, metric in self.test_values.items()}
+        self.log_mean_std("test", values)
+        self.log("test/num_pairs", float(values["dice"].numel()))
+        for metric in self.test_values.values():
             metric.reset()
-        self.log("test/num_pairs", float(values.numel()))
+        self.log_extra_metrics("test")
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
-        displacement = self(batch["moving"], batch["fixed"])
-        return {"displacement": displacement, "warped": warp(batch["moving"], displacement)}
-
-
-def _nanstd(values: torch.Tensor) -> torch.Tensor:
-    values = values[~torch.isnan(values)]
-    return values.std() if values.numel() > 1 else torch.tensor(0.0, device=values.device)
+        fixed, moving = self.images(batch)
+        displacement = self(moving, fixed)
+        return {"displacement": displacement, "warped": warp(moving, displacement)}
 
 
 def _middle_slice(volume: torch.Tensor) -> np.ndarray:
@@ -160,15 +187,14 @@ def _middle_slice(volume: torch.Tensor) -> np.ndarray:
     return array.numpy()
 
 
-def registration_figure(batch: dict, out: dict):
+def registration_figure(fixed: torch.Tensor, moving: torch.Tensor, out: dict):
     """The paper's Fig. 4 panels for one pair: fixed, moving, warped, deformation grid, |DFT| of the field."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fixed, moving, warped = (_middle_slice(batch["fixed"])[0], _middle_slice(batch["moving"])[0],
-                             _middle_slice(out["warped"])[0])
+    fixed, moving, warped = _middle_slice(fixed)[0], _middle_slice(moving)[0], _middle_slice(out["warped"])[0]
     field = _middle_slice(normalised_to_voxels(out["displacement"].detach().float()))[:2]
     figure, axes = plt.subplots(1, 5, figsize=(17, 3.6))
     for ax, image, title in zip(axes, (fixed, moving, warped), ("fixed", "moving", "warped")):

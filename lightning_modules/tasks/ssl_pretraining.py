@@ -2,7 +2,8 @@
 
 The network owns the student, the teacher and the losses: ``forward(input) -> {"loss", ...}`` and
 ``update_teacher(decay)``. This module owns the optimisation, the teacher's EMA schedule and logging.
-Batches are dicts with ``input`` (labels, if the data has them, are ignored).
+Batches are dicts (lightning_modules/batch.py) with the network's input under ``input_key`` (``audio``); labels,
+if the data has them, are ignored.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from lightning_modules.batch import AUDIO
+from lightning_modules.batch import AUDIO, require
 from lightning_modules.tasks.base import BaseTask
 from lightning_modules.tasks.optim import parameter_groups
 
@@ -38,24 +39,20 @@ class SelfDistillationPretraining(BaseTask):
 
     def __init__(self, network: nn.Module, ema_decay: float = 0.9998, ema_end_decay: float = 0.99999,
                  ema_anneal_end_step: int = 100_000, scheduler_interval: Literal["step", "epoch"] = "step",
-                 input_key: str = AUDIO, optimizer: OptimizerCallable = torch.optim.AdamW, lr_scheduler: Optional[LRSchedulerCallable] = None):
-        super().__init__(optimizer=optimizer, lr_scheduler=lr_scheduler)
+                 input_key: str = AUDIO, optimizer: OptimizerCallable = torch.optim.AdamW,
+                 lr_scheduler: Optional[LRSchedulerCallable] = None):
+        super().__init__(optimizer=optimizer, lr_scheduler=lr_scheduler, scheduler_interval=scheduler_interval)
         self.save_config_hyperparameters()
         self.network = network
         self.ema_decay, self.ema_end_decay, self.ema_anneal_end_step = ema_decay, ema_end_decay, ema_anneal_end_step
-        self.scheduler_interval = scheduler_interval
         self.input_key = input_key
         self._last_teacher_step = 0
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.network(x)
 
-    def configure_optimizers(self):
-        optimizer = self.optimizer_factory(parameter_groups(self))  # no weight decay on biases and norms
-        if self.lr_scheduler_factory is None:
-            return optimizer
-        scheduler = self.lr_scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+    def optimizer_parameters(self):
+        return parameter_groups(self)  # no weight decay on biases and norms
 
     def current_ema_decay(self) -> float:
         return annealed_decay(self.ema_decay, self.ema_end_decay, self.global_step, self.ema_anneal_end_step)
@@ -65,6 +62,7 @@ class SelfDistillationPretraining(BaseTask):
             self.log(f"{stage}/{name}", value, prog_bar=name == "loss", batch_size=batch_size)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        require(batch, self.input_key, task=type(self).__name__)
         out = self(batch[self.input_key])
         self._log_losses(out, "train", batch[self.input_key].shape[0])
         self.log("train/ema_decay", self.current_ema_decay(), batch_size=batch[self.input_key].shape[0])
