@@ -2,8 +2,9 @@
 ``predict_step``) to these callbacks, which write them into the run folder. Tasks attach their default writer in
 ``configure_callbacks``; a writer given in the trainer's callbacks takes its place.
 
-Under DDP each rank writes the batches it predicted: the prediction loader's ``UnrepeatedDistributedSampler``
-(datamodules/base.py) gives every sample to exactly one rank, so every file is written once.
+Under DDP each rank writes the batches it predicted, and every sample is predicted on exactly one rank (Lightning
+samples prediction loaders without padding; BaseDataModule's eval loaders bring an UnrepeatedDistributedSampler),
+so every file is written once, with no gathering.
 """
 from __future__ import annotations
 

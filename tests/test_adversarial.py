@@ -116,3 +116,19 @@ def test_step_schedulers_clipping_and_a_discriminator_optimiser_of_its_own():
 def test_bad_clip_algorithm_is_refused():
     with pytest.raises(ValueError, match="gradient_clip_algorithm"):
         AdversarialReconstructionTask(*_networks(), gradient_clip_algorithm="max")
+
+
+def test_plateau_scheduler_reads_the_monitored_metric():
+    """ReduceLROnPlateau on val/psnr with an improvement threshold nothing meets: halved once after 2 epochs."""
+    def plateau(optimizer):
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=0,
+                                                          threshold=1e6, threshold_mode="abs")
+
+    task = AdversarialReconstructionTask(*_networks(), optimizer=_adam(1e-3), lr_scheduler=plateau,
+                                         figure_every_n_epochs=0)
+    trainer = Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    batches = _batches(2)
+    trainer.fit(task, DataLoader(batches, batch_size=None), DataLoader(batches[:1], batch_size=None))
+    assert "val/psnr" in trainer.callback_metrics
+    assert [s.optimizer.param_groups[0]["lr"] for s in task.lr_schedulers()] == [5e-4, 5e-4]

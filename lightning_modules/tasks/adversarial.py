@@ -10,7 +10,7 @@ they minimise; the mixin owns the optimisation:
   seeing the generator's output detached;
 - gradient clipping (``gradient_clip_val``/``gradient_clip_algorithm``: Lightning's trainer option does not
   apply to manual optimisation);
-- schedulers stepped every epoch or every batch (``scheduler_interval``);
+- schedulers stepped every epoch or every batch (``scheduler_interval``; ``ReduceLROnPlateau`` on ``monitor``);
 - logging: the generator's terms as ``train/<name>`` (its total as ``train/loss``), the discriminator's total
   as ``train/discriminator`` and its other terms as ``train/discriminator_<name>``.
 
@@ -107,4 +107,7 @@ class AdversarialTraining:
     def _step_schedulers(self) -> None:
         schedulers = self.lr_schedulers()
         for scheduler in (schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []):
-            scheduler.step()
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(self.trainer.callback_metrics[self.monitor])  # the checkpoint metric, as BaseTask's
+            else:
+                scheduler.step()
