@@ -30,6 +30,8 @@ from torch.utils.data import Dataset
 
 from datamodules.audio_io import audio_info, load_audio
 from datamodules.base import BaseDataModule, DatasetError
+from lightning_modules.batch import MIXTURE, NAME, SAMPLE_RATE
+from lightning_modules.batch import SOURCES as SOURCES_KEY  # (SOURCES below names the stems)
 
 SOURCES = ("vocals", "bass", "drums", "other")
 STANDIN_CONFIG = "experiments/chandna_demo.yaml"
@@ -152,8 +154,8 @@ class ChunkDataset(Dataset):
         track = int(np.searchsorted(self.offsets, index, side="right")) - 1
         start = (index - int(self.offsets[track])) * self.step
         mixture, sources = self.tracks.read(track, start, self.chunk_samples)
-        return {"mixture": torch.from_numpy(np.array(mixture, dtype=np.float32)),
-                "sources": torch.from_numpy(np.array(sources, dtype=np.float32))}
+        return {MIXTURE: torch.from_numpy(np.array(mixture, dtype=np.float32)),
+                SOURCES_KEY: torch.from_numpy(np.array(sources, dtype=np.float32))}
 
 
 class TrackDataset(Dataset):
@@ -167,9 +169,9 @@ class TrackDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         mixture, sources = self.tracks.read(index)
-        return {"mixture": torch.from_numpy(np.array(mixture, dtype=np.float32)),
-                "sources": torch.from_numpy(np.array(sources, dtype=np.float32)),
-                "name": self.tracks.names[index], "sample_rate": self.tracks.sample_rate}
+        return {MIXTURE: torch.from_numpy(np.array(mixture, dtype=np.float32)),
+                SOURCES_KEY: torch.from_numpy(np.array(sources, dtype=np.float32)),
+                NAME: self.tracks.names[index], SAMPLE_RATE: self.tracks.sample_rate}
 
 
 class SeparationDataModule(BaseDataModule):

@@ -30,6 +30,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from datamodules.base import BaseDataModule, DatasetError
+from lightning_modules.batch import IMAGE, MASK, NAME
 
 LAYOUT = """<data_dir>/images/<id>.png|.jpg|.jpeg|.bmp   RGB ultrasound images
 <data_dir>/masks/<id>.png                    binary masks (fluid > 127), same <id>
@@ -90,7 +91,7 @@ class ImageMaskArrays(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         image = torch.from_numpy(self.images[index]).permute(2, 0, 1).float().div_(255.0)
-        return {"image": image, "mask": torch.from_numpy(self.masks[index])[None], "name": self.names[index]}
+        return {IMAGE: image, MASK: torch.from_numpy(self.masks[index])[None], NAME: self.names[index]}
 
 
 class RAUltrasoundBase(BaseDataModule):

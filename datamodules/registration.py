@@ -5,6 +5,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from lightning_modules.batch import FIXED, FIXED_SEG, MOVING, MOVING_SEG
+
 
 class InMemorySubjects:
     """Subjects held as arrays: ``images`` (N, *spatial) float32, ``labels`` (N, *spatial) integer."""
@@ -41,10 +43,10 @@ class RegistrationPairDataset(Dataset):
         moving, moving_seg = self.subjects[moving_index]
         fixed, fixed_seg = self.subjects[fixed_index]
         return {
-            "moving": _as_tensor(moving, torch.float32),
-            "fixed": _as_tensor(fixed, torch.float32),
-            "moving_seg": _as_tensor(moving_seg, torch.int64),
-            "fixed_seg": _as_tensor(fixed_seg, torch.int64),
+            MOVING: _as_tensor(moving, torch.float32),
+            FIXED: _as_tensor(fixed, torch.float32),
+            MOVING_SEG: _as_tensor(moving_seg, torch.int64),
+            FIXED_SEG: _as_tensor(fixed_seg, torch.int64),
         }
 
 

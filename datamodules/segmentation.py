@@ -39,6 +39,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from datamodules.base import BaseDataModule, DatasetError
 from datamodules.splits import holdout_split, kfold_split
+from lightning_modules.batch import IMAGE, LABEL, MASK, NAME
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -137,7 +138,7 @@ class TransformedSegmentationDataset(Dataset):
         image = torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1), dtype=np.float32))
         mask = torch.from_numpy(np.ascontiguousarray(out["mask"]))[None]
         mask = mask.float() if self.binary else mask.long()
-        return {"image": image, "mask": mask, "name": name, "label": label}
+        return {IMAGE: image, MASK: mask, NAME: name, LABEL: label}
 
 
     def _seed_transform(self) -> None:
