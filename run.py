@@ -79,6 +79,44 @@ def all_compositions() -> list[list[Path]]:
     return [composition(p) for p in files]
 
 
+_NETWORK = "model.init_args.network.init_args."
+_FRONTEND, _ENCODER = _NETWORK + "frontend.init_args.", _NETWORK + "encoder.init_args."
+LINKS = (  # (source, target), see ExperimentCLI.add_arguments_to_parser
+    ("data.init_args.image_size", _NETWORK + "img_size"),  # SACA-UNet, UNeXt, MTUNet size tables from it
+    ("model.init_args.num_classes", _NETWORK + "num_classes"),  # the task's classes are the network's outputs
+    ("data.init_args.sample_rate", _FRONTEND + "sample_rate"),  # ASDA's fbank front end reads the clips' rate
+    (_FRONTEND + "target_length", _ENCODER + "target_length"),  # frames the encoder's patch grid is sized for
+    (_FRONTEND + "num_mel_bins", _ENCODER + "num_mel_bins"),
+    # source separation (Chandna): the task's STFT and chunking are the data's
+    ("data.init_args.n_fft", "model.init_args.n_fft"),
+    ("data.init_args.hop_length", "model.init_args.hop_length"),
+    ("data.init_args.chunk_stride", "model.init_args.chunk_stride"),
+    ("data.init_args.chunk_frames", _NETWORK + "time_context"),
+)
+
+
+LINK_TARGETS = (*(target for _, target in LINKS), _NETWORK + "num_bins", _NETWORK + "segment_samples",
+                "model.init_args.lr_scheduler.init_args.T_max")
+
+
+def stft_bins(n_fft: int) -> int:
+    """Frequency bins of a one-sided STFT: the input height of a spectrogram network (ChandnaCNN's num_bins)."""
+    return n_fft // 2 + 1
+
+
+def segment_samples(sample_rate: int, segment_seconds: float) -> int:
+    """Samples in one clip segment: the input length a waveform network (DCCANet) is built for."""
+    return int(round(sample_rate * segment_seconds))
+
+
+def schedule_length(max_epochs: Optional[int], max_steps: int, scheduler_interval: str) -> Optional[int]:
+    """A cosine schedule (T_max) spans the run: trainer.max_epochs, or max_steps when it steps every batch.
+    Called for every config (also those without T_max, where the value is dropped), so it never raises;
+    None (no length given) makes a CosineAnnealingLR fail when it is built."""
+    length = max_steps if scheduler_interval == "step" else max_epochs
+    return length if length is not None and length > 0 else None
+
+
 class _AppendingCSVWriter(ExperimentWriter):
     """Appends to the run folder's metrics.csv: Lightning's writer deletes it, which would erase the history
     of a resumed run or of a requeued SLURM job."""
@@ -119,6 +157,35 @@ class ExperimentCLI(LightningCLI):
         parser.add_argument("--wandb_project", type=str, default="paperbench", help="W&B project.")
         parser.add_argument("--paper", type=Optional[dict], default=None,
                             help="The paper's reference numbers for this setting (documentation only).")
+        # Values that data and model (or two parts of a model) share, typed once. Applied at parse time, after
+        # every --config and flag; jsonargparse skips a link whose source or target is not an argument of the
+        # classes a config chose (a network without img_size, a model without a frontend), so these links are
+        # safe for every config. A target given in a config or on the command line is overwritten by its link.
+        for source, target in LINKS:
+            parser.link_arguments(source, target)
+        parser.link_arguments("data.init_args.n_fft", _NETWORK + "num_bins", compute_fn=stft_bins)
+        parser.link_arguments(("data.init_args.sample_rate", "data.init_args.segment_seconds"),
+                              _NETWORK + "segment_samples", compute_fn=segment_samples)
+        parser.link_arguments(("trainer.max_epochs", "trainer.max_steps", "model.init_args.scheduler_interval"),
+                              "model.init_args.lr_scheduler.init_args.T_max", compute_fn=schedule_length)
+
+    def _dump_config(self) -> None:
+        """Lightning stores this dump as the model's and datamodule's hyperparameters (load_from_checkpoint
+        rebuilds from it), but jsonargparse's dump leaves out link targets nested in a subclass's init_args
+        (img_size, T_max, ...): put the linked values back, or a reloaded model would lose them."""
+        if hasattr(self, "config_dump"):
+            return
+        super()._dump_config()
+        config = self._run_config()
+        for target in LINK_TARGETS:
+            if target not in config:
+                continue
+            *parents, leaf = target.split(".")
+            node = self.config_dump
+            for key in parents:
+                node = node.get(key) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                node[leaf] = config[target]
 
     # -- --ckpt_path ----------------------------------------------------------------------------------
     def _parse_ckpt_path(self) -> None:

@@ -103,3 +103,38 @@ def test_a_typo_key_in_a_setting_is_rejected(tmp_path, typo):
     setting.write_text(yaml.safe_dump(typo))
     with pytest.raises(SystemExit):
         _parse((EXPERIMENTS / "saca_unet" / "busi.yaml", setting))
+
+
+def test_linked_values_follow_their_source():
+    busi = EXPERIMENTS / "saca_unet" / "busi.yaml"
+    config = _parser().parse_args(["fit", "--config", str(busi), "--data.image_size", "128", "--trainer.max_epochs", "7",
+                                   "--model.num_classes", "2"])["fit"]
+    network = config.model.init_args.network.init_args
+    assert (network.img_size, network.num_classes) == (128, 2)
+    assert config.model.init_args.lr_scheduler.init_args.T_max == 7  # the cosine spans the run
+    esc50 = _parse((EXPERIMENTS / "asda" / "finetune_esc50.yaml",))["fit"].model.init_args.network.init_args
+    assert esc50.num_classes == 50 and esc50.frontend.init_args.sample_rate == 16000
+    assert esc50.encoder.init_args.target_length == esc50.frontend.init_args.target_length == 512
+    assert esc50.encoder.init_args.num_mel_bins == esc50.frontend.init_args.num_mel_bins == 128
+
+
+def test_audio_links_follow_the_data():
+    chandna = _parser().parse_args(["fit", "--config", str(EXPERIMENTS / "chandna" / "dsd100.yaml"), "--data.n_fft", "2048",
+                                    "--data.chunk_frames", "20"])["fit"].model.init_args
+    assert (chandna.n_fft, chandna.hop_length, chandna.chunk_stride) == (2048, 256, 5)
+    assert (chandna.network.init_args.num_bins, chandna.network.init_args.time_context) == (1025, 20)
+    dcca = _parse((EXPERIMENTS / "dcca" / "avec2013.yaml",))["fit"]
+    assert dcca.model.init_args.network.init_args.segment_samples == 24000  # 8 kHz x 3 s
+
+
+def test_links_skip_classes_without_the_argument():
+    unet = _parse((EXPERIMENTS / "saca_unet" / "busi.yaml", EXPERIMENTS / "saca_unet" / "busi" / "unet.yaml"))["fit"]
+    assert "img_size" not in unet.model.init_args.network.init_args  # UNet takes no img_size: not added
+    fnoreg = _parse((EXPERIMENTS / "fnoreg" / "oasis2d.yaml",))["fit"]
+    assert "T_max" not in (fnoreg.model.init_args.lr_scheduler or {}).get("init_args", {})
+
+
+def test_schedule_length_is_the_run_in_the_schedulers_unit():
+    assert run.schedule_length(200, -1, "epoch") == 200
+    assert run.schedule_length(None, 5000, "step") == 5000
+    assert run.schedule_length(None, -1, "epoch") is None  # no length given: CosineAnnealingLR fails to build

@@ -179,7 +179,7 @@ def test_busi_config_runs_on_the_real_layout_and_reloads(tmp_path):
     root = write_busi(tmp_path / "busi", per_class=(6, 4, 2))
     cli = run.main(["--config", str(ROOT / "experiments" / "saca_unet" / "busi.yaml"),
                     "--config", str(ROOT / "experiments" / "saca_unet" / "busi" / "mtunet.yaml"), "--data.data_dir", str(root), *SHRUNK,
-                    "--data.image_size", "64", "--model.network.init_args.img_size", "64", "--data.batch_size", "2",
+                    "--data.image_size", "64", "--data.batch_size", "2",  # img_size follows (linked)
                     "--data.num_workers", "0", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
                     "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
                     "--runs_dir", str(tmp_path / "runs"), "--run_id", "busi"])
