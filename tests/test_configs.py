@@ -138,3 +138,10 @@ def test_schedule_length_is_the_run_in_the_schedulers_unit():
     assert run.schedule_length(200, -1, "epoch") == 200
     assert run.schedule_length(None, 5000, "step") == 5000
     assert run.schedule_length(None, -1, "epoch") is None  # no length given: CosineAnnealingLR fails to build
+
+
+@pytest.mark.parametrize("files", [f for f in SETTINGS if "_noise_" in f[1].stem or f[1].stem.startswith("noise_")],
+                         ids=lambda f: _id(f))
+def test_a_noise_setting_tests_the_noise_it_is_named_after(files):
+    noise = files[1].stem.rsplit("noise_", 1)[1]
+    assert _resolved(tuple(files))["data"]["init_args"]["test_noise"] == {"sp": "s&p"}.get(noise, noise)
