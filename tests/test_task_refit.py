@@ -165,6 +165,20 @@ def test_segmentation_loss_and_metrics_from_yaml(tmp_path):
     assert metrics["val/dice"] == pytest.approx(metrics["val/f1"], abs=1e-6)  # micro Dice is the pixel F1
 
 
+def test_injected_metrics_survive_validate_then_fit():
+    """trainer.validate resets metrics under inference mode; fit's no-grad validation must still update them
+    (BaseTask resets the injected metrics at each run's start, in that run's mode)."""
+    torch.manual_seed(0)
+    model = _cli_model("lightning_modules.tasks.segmentation.SegmentationTask", {
+        "network": _conv(3, 1), "metrics": {"f1": {"class_path": "torchmetrics.classification.BinaryF1Score"}}})
+    batches = [{"image": torch.randn(2, 3, 8, 8), "mask": (torch.rand(2, 1, 8, 8) > 0.5).float()} for _ in range(2)]
+    loader = DataLoader(batches, batch_size=None)
+    first = _trainer().validate(model, loader)[0]["val/f1"]
+    trainer = Trainer(**{**TRAINER, "max_epochs": 1, "limit_train_batches": 1})
+    trainer.fit(model, loader, loader)
+    assert 0.0 <= trainer.callback_metrics["val/f1"] <= 1.0 and 0.0 <= first <= 1.0
+
+
 def test_multiclass_segmentation_with_a_monai_loss():
     from monai.losses import DiceCELoss
 

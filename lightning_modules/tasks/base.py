@@ -61,6 +61,27 @@ class BaseTask(LightningModule):
             self.log_dict(self.extra_metrics[stage].compute())
             self.extra_metrics[stage].reset()
 
+    # Subclasses that override these hooks call super() first.
+    def on_validation_epoch_start(self) -> None:
+        self.renew_inference_metric_states()
+
+    def on_test_epoch_start(self) -> None:
+        self.renew_inference_metric_states()
+
+    def renew_inference_metric_states(self) -> None:
+        """Reset every torchmetrics metric whose states are inference tensors, when not in inference mode.
+
+        A metric reset at the end of ``trainer.validate``/``test`` (inference mode) keeps inference tensors,
+        which fit's validation (no-grad, not inference mode) cannot update in place; such states hold nothing
+        of this run yet, so resetting them only remakes them in the current mode.
+        """
+        if torch.is_inference_mode_enabled():
+            return
+        for module in self.modules():
+            if isinstance(module, Metric) and any(isinstance(state, torch.Tensor) and state.is_inference()
+                                                  for state in module.metric_state.values()):
+                module.reset()
+
     def optimizer_parameters(self):
         """What the optimiser is built over; tasks override it for parameter groups (no decay on norms, ...)."""
         return self.parameters()

@@ -187,13 +187,6 @@ class ClassificationTask(BaseTask):
     def _log_evaluation(self, evaluation: ClassificationEvaluation, prefix: str) -> None:
         self.log_dict({f"{prefix}{k}": v for k, v in evaluation.compute().items()}, add_dataloader_idx=False)
 
-    def on_validation_epoch_start(self) -> None:
-        # States made here match the loop's mode: a reset under trainer.validate's inference mode would leave
-        # inference tensors that fit's (no-grad) validation cannot update in place.
-        self.val_evaluation.reset()
-        if hasattr(self, "extra_metrics"):
-            self.extra_metrics["val"].reset()
-
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         logits = self(batch[self.input_key])
         self._update(self.val_evaluation, batch, logits)
@@ -222,8 +215,6 @@ class ClassificationTask(BaseTask):
         self.test_evaluations = nn.ModuleDict({name: self._evaluation() for name, is_ood in self._test_loaders
                                                if not is_ood}).to(self.device)
         self.test_ood_scores.reset()
-        if hasattr(self, "extra_metrics"):
-            self.extra_metrics["test"].reset()
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         name, is_ood = self._test_loaders[dataloader_idx]
