@@ -131,7 +131,7 @@ class ReconstructionPairDataset(Dataset):
 
     ``sources[i]`` is an array (n_i, 2, H, W) (memory-mapped or in memory); ``index`` lists
     (source, slice) pairs. ``augment``: the paper's random horizontal and vertical flips (p = 0.5
-    each), applied identically to input and target (albumentations).
+    each), applied identically to input and target (albumentations, reproducible under ``seed_everything``).
     """
 
     def __init__(self, sources: Sequence, index: Sequence[tuple[int, int]], augment: bool = False):
@@ -141,8 +141,10 @@ class ReconstructionPairDataset(Dataset):
         if augment:
             import albumentations as A
 
-            self.transform = A.Compose([A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)],
-                                       additional_targets={"target": "image"})
+            from datamodules.seeded_transform import SeededTransform
+
+            self.transform = SeededTransform(A.Compose([A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)],
+                                                       additional_targets={"target": "image"}))
 
     def __len__(self) -> int:
         return len(self.index)

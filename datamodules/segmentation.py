@@ -38,6 +38,7 @@ import torch.distributed as dist
 from torch.utils.data import Dataset, DistributedSampler
 
 from datamodules.base import BaseDataModule, DatasetError
+from datamodules.seeded_transform import SeededTransform
 from datamodules.splits import holdout_split, kfold_split
 from lightning_modules.batch import IMAGE, LABEL, MASK, NAME
 
@@ -124,31 +125,19 @@ class TransformedSegmentationDataset(Dataset):
     """Applies an albumentations pipeline to (image uint8 HxWxC, mask uint8 HxW) pairs from ``load``."""
 
     def __init__(self, transform: A.Compose, binary: bool = True):
-        self.transform = transform
+        self.transform = SeededTransform(transform)  # reproducible under seed_everything
         self.binary = binary
-        self._transform_seed: Optional[int] = None
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, str, int]:
         raise NotImplementedError
 
     def __getitem__(self, index: int) -> dict:
         image, mask, name, label = self.load(index)
-        self._seed_transform()
         out = self.transform(image=image, mask=mask)
         image = torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1), dtype=np.float32))
         mask = torch.from_numpy(np.ascontiguousarray(out["mask"]))[None]
         mask = mask.float() if self.binary else mask.long()
         return {IMAGE: image, MASK: mask, NAME: name, LABEL: label}
-
-
-    def _seed_transform(self) -> None:
-        """Random augmentation reproducible under ``seed_everything``: albumentations keeps its own
-        generators, seeded here from torch's seed of this process (the main one, or a loader worker, whose
-        seed torch derives from the main process's generator)."""
-        seed = torch.initial_seed() % 2**32
-        if seed != self._transform_seed:
-            self.transform.set_random_seed(seed)
-            self._transform_seed = seed
 
 
 class FileSegmentationDataset(TransformedSegmentationDataset):

@@ -221,3 +221,24 @@ def test_diffcmr_paper_config_with_ema_runs_on_the_release_layout(tmp_path):
     assert type(cli.model.optimizers().optimizer).__name__ == "AdamW" and cli.model.train_steps == 100
     results = json.loads((tmp_path / "runs" / "diffcmr_cine" / "ema" / "results.json").read_text())
     assert results["paper"]["test/psnr"] == 36.10 and np.isfinite(results["test/psnr_r1"])
+
+
+def test_flip_augmentation_follows_the_torch_seed():
+    """The paper's random flips draw from torch's process seed (albumentations alone draws from OS entropy):
+    the same seed gives the same flips, input and target flipped together."""
+    from datamodules.cmrxrecon import ReconstructionPairDataset
+
+    pairs = np.random.default_rng(0).random((1, 2, 8, 8), dtype=np.float32)
+    pairs[:, 1] = pairs[:, 0] * 2  # target = 2 x input, so a joint flip keeps the ratio
+
+    def draw(seed):  # a fresh run: a new dataset in a process seeded with ``seed``
+        dataset = ReconstructionPairDataset([pairs], [(0, 0)] * 24, augment=True)
+        torch.manual_seed(seed)
+        return torch.stack([dataset[i]["image"] for i in range(len(dataset))])
+
+    first = draw(3)
+    torch.testing.assert_close(first, draw(3))
+    assert not torch.equal(first, draw(4))
+    assert len({tuple(image.flatten()[:3].tolist()) for image in first}) > 1  # several flip states drawn
+    item = ReconstructionPairDataset([pairs], [(0, 0)], augment=True)[0]
+    torch.testing.assert_close(item["target"], 2 * item["image"])
