@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Optional
 
 from datamodules.segmentation import SegmentationDataModule, SegmentationItem, list_images
 

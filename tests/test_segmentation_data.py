@@ -1,5 +1,4 @@
 """The shared segmentation data pieces: reading, checks, transforms, splits, sampler, stand-in."""
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
