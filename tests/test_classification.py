@@ -321,3 +321,57 @@ def test_image_run_with_groups_and_an_ood_set_learns(tmp_path, ood_score):
     assert metrics["test/mixed/ood_auroc"] > 0.65 and metrics["test/mixed/ood_fpr95"] < 0.95  # stand-in: 0.77-0.79
     assert 0 < metrics["test/precision"] <= 1 and "test/mixed/acc" not in metrics  # OOD sets get no class metrics
     assert (tmp_path / "figures" / "test_confusion_matrix.png").stat().st_size > 5_000
+
+
+# -- image-classification options: per-class metrics, a positive class, balanced weights, ROC figures -----
+def test_per_class_and_positive_class_metrics_match_scikit_learn():
+    from sklearn.metrics import precision_recall_fscore_support
+
+    g = torch.Generator().manual_seed(3)
+    logits, target = torch.randn(60, 3, generator=g), torch.randint(0, 3, (60,), generator=g)
+    evaluation = ClassificationEvaluation(3, False, per_class=True, class_names=["gli", "men", "pit"],
+                                          positive_class=2, roc=True)
+    evaluation.update(logits[:25], target[:25])
+    evaluation.update(logits[25:], target[25:])
+    out = evaluation.compute()
+    pred, scores = logits.argmax(1).numpy(), softmax(logits.numpy(), axis=1)
+    precision, recall, f1, _ = precision_recall_fscore_support(target.numpy(), pred, labels=[0, 1, 2], zero_division=0)
+    for i, name in enumerate(["gli", "men", "pit"]):
+        assert out[f"precision/{name}"].item() == pytest.approx(precision[i], abs=1e-6)
+        assert out[f"recall/{name}"].item() == pytest.approx(recall[i], abs=1e-6)
+        assert out[f"f1/{name}"].item() == pytest.approx(f1[i], abs=1e-6)
+    positive, p = (target.numpy() == 2).astype(int), scores[:, 2]
+    hard = (p >= 0.5).astype(int)
+    assert out["pos/auroc"].item() == pytest.approx(roc_auc_score(positive, p), abs=1e-6)
+    assert out["pos/acc"].item() == pytest.approx(accuracy_score(positive, hard), abs=1e-6)
+    assert out["pos/specificity"].item() == pytest.approx(((hard == 0) & (positive == 0)).sum() / (positive == 0).sum(), abs=1e-6)
+    fprs, tprs = evaluation.roc_curves()
+    fpr, tpr, _ = roc_curve(positive, p)
+    assert float(torch.trapezoid(tprs[2], fprs[2])) == pytest.approx(roc_auc_score(positive, p), abs=1e-6)
+
+
+class _CountedQuadrants(_QuadrantData):
+    @property
+    def class_counts(self):
+        return torch.bincount(self.train_set.label, minlength=3).tolist()
+
+
+def test_balanced_class_weights_positive_class_and_figures_in_a_run(tmp_path):
+    torch.manual_seed(0)
+    task = ClassificationTask(_quadrant_net(), 3, class_weights="balanced", per_class_metrics=True, positive_class=0,
+                              class_names=["a", "b", "c"], optimizer=lambda params: torch.optim.AdamW(params, lr=0.01))
+    trainer = Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      default_root_dir=tmp_path, accelerator="cpu", enable_model_summary=False)
+    data = _CountedQuadrants(batch_size=32, num_workers=0)
+    data.setup()
+    trainer.fit(task, data)
+    counts = torch.tensor(data.class_counts, dtype=torch.float32)
+    assert torch.allclose(task.class_weights, counts.sum() / (3 * counts))
+    metrics = trainer.test(task, data, verbose=False)[0]
+    assert {"test/recall/a", "test/f1/c", "test/pos/auroc", "test/pos/specificity",
+            "test/other_site/pos/auroc"} <= set(metrics)
+    assert (tmp_path / "figures" / "test_roc.png").stat().st_size > 5_000
+    with pytest.raises(ValueError, match="balanced"):
+        ClassificationTask(_quadrant_net(), 3, class_weights="equal")
+    with pytest.raises(ValueError, match="multi-class"):
+        ClassificationTask(_quadrant_net(), 3, multilabel=True, positive_class=1)

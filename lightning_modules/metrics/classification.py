@@ -12,9 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import Metric, MetricCollection
-from torchmetrics.classification import (MulticlassAccuracy, MulticlassAUROC, MulticlassCohenKappa,
-                                         MulticlassConfusionMatrix, MulticlassF1Score, MulticlassRecall,
-                                         MultilabelAUROC, MultilabelAveragePrecision, MultilabelF1Score)
+from torchmetrics.classification import (BinaryAccuracy, BinaryAUROC, BinaryF1Score, BinaryPrecision, BinaryRecall,
+                                         BinarySpecificity, MulticlassAccuracy, MulticlassAUROC,
+                                         MulticlassCohenKappa, MulticlassConfusionMatrix, MulticlassF1Score,
+                                         MulticlassPrecision, MulticlassRecall, MulticlassROC, MultilabelAUROC,
+                                         MultilabelAveragePrecision, MultilabelF1Score)
 from torchmetrics.utilities import dim_zero_cat
 
 from lightning_modules.metrics.regression import mean_per_group
@@ -47,6 +49,22 @@ def classification_metrics(num_classes: int, multilabel: bool, **kwargs) -> Metr
 def class_scores(logits: torch.Tensor, multilabel: bool) -> torch.Tensor:
     """Logits -> class probabilities: sigmoid per label (multi-label) or softmax over classes."""
     return torch.sigmoid(logits.float()) if multilabel else logits.float().softmax(dim=-1)
+
+
+def per_class_metrics(num_classes: int, **kwargs) -> MetricCollection:
+    """Precision, recall (= class-wise accuracy) and F1 of each class in turn as the positive class."""
+    return MetricCollection({name: metric(num_classes=num_classes, average=None, **kwargs) for name, metric in
+                             (("precision", MulticlassPrecision), ("recall", MulticlassRecall),
+                              ("f1", MulticlassF1Score))})
+
+
+def positive_class_metrics(threshold: float = 0.5, **kwargs) -> MetricCollection:
+    """One class against the rest (melanoma vs rest, malignant vs benign + normal), fed P(positive): AUROC and,
+    at ``threshold``, precision, recall (sensitivity), specificity, F1 and accuracy."""
+    return MetricCollection({"auroc": BinaryAUROC(**kwargs),
+                             **{name: metric(threshold=threshold, **kwargs) for name, metric in
+                                (("precision", BinaryPrecision), ("recall", BinaryRecall),
+                                 ("specificity", BinarySpecificity), ("f1", BinaryF1Score), ("acc", BinaryAccuracy))}})
 
 
 class ClassPrior(Metric):
@@ -130,12 +148,28 @@ class ClassificationEvaluation(nn.Module):
     ``update(logits, target, groups=None)``; ``compute()`` returns the metrics of
     ``classification_metrics``, ``<main>_prior`` (the trivial baseline: ``acc_prior``, ``mAP_prior``) and, with
     ``group_pooling``, the same over groups as ``group/<name>`` plus ``group/num_groups``; ``confusion_matrix()``
-    the (true, predicted) counts (multi-class only).
+    the (true, predicted) counts (multi-class only). Multi-class options: ``per_class`` adds
+    ``precision/<class>``, ``recall/<class>``, ``f1/<class>`` (``class_names``, default the indices);
+    ``positive_class`` adds the one-vs-rest view ``pos/auroc``, ``pos/precision``, ... on P(positive class);
+    ``roc`` keeps the scores for ``roc_curves()`` (one-vs-rest ROC per class, for the figure).
     """
 
-    def __init__(self, num_classes: int, multilabel: bool, group_pooling: Optional[GroupPooling] = None):
+    def __init__(self, num_classes: int, multilabel: bool, group_pooling: Optional[GroupPooling] = None,
+                 per_class: bool = False, class_names: Optional[list[str]] = None,
+                 positive_class: Optional[int] = None, roc: bool = False):
         super().__init__()
+        if multilabel and (per_class or positive_class is not None or roc):
+            raise ValueError("per_class, positive_class and roc apply to multi-class targets")
+        if positive_class is not None and not 0 <= positive_class < num_classes:
+            raise ValueError(f"positive_class must be in [0, {num_classes}), got {positive_class}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names needs {num_classes} names, got {len(class_names)}")
         self.num_classes, self.multilabel = num_classes, multilabel
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        self.per_class = per_class_metrics(num_classes) if per_class else None
+        self.positive_class = positive_class
+        self.positive = positive_class_metrics() if positive_class is not None else None
+        self.roc = MulticlassROC(num_classes) if roc else None
         self.main_metric = "mAP" if multilabel else "acc"
         self.metrics = classification_metrics(num_classes, multilabel)
         self.prior = ClassPrior(num_classes, multilabel)
@@ -152,6 +186,12 @@ class ClassificationEvaluation(nn.Module):
         self.prior.update(target)
         if self.confusion is not None:
             self.confusion.update(scores, target)
+        if self.per_class is not None:
+            self.per_class.update(scores, target)
+        if self.positive is not None:
+            self.positive.update(scores[:, self.positive_class], (target == self.positive_class).long())
+        if self.roc is not None:
+            self.roc.update(scores, target)
         if self.groups is not None:
             if groups is None:
                 raise ValueError("group pooling is on, but no group ids were given")
@@ -160,6 +200,11 @@ class ClassificationEvaluation(nn.Module):
     def compute(self) -> dict[str, torch.Tensor]:
         out = dict(self.metrics.compute())
         out[f"{self.main_metric}_prior"] = self.prior.compute().float()
+        if self.per_class is not None:
+            for metric, values in self.per_class.compute().items():
+                out.update({f"{metric}/{name}": value for name, value in zip(self.class_names, values)})
+        if self.positive is not None:
+            out.update({f"pos/{k}": v for k, v in self.positive.compute().items()})
         if self.groups is not None:
             scores, targets, ids = self.groups.compute()
             self.group_metrics.update(scores, targets)
@@ -174,8 +219,15 @@ class ClassificationEvaluation(nn.Module):
     def confusion_matrix(self) -> Optional[torch.Tensor]:
         return None if self.confusion is None else self.confusion.compute()
 
+    def roc_curves(self) -> Optional[tuple[list[torch.Tensor], list[torch.Tensor]]]:
+        """(false positive rates, true positive rates) per class, one-vs-rest; None without ``roc``."""
+        if self.roc is None:
+            return None
+        fpr, tpr, _ = self.roc.compute()
+        return list(fpr), list(tpr)
+
     def reset(self) -> None:
-        metrics = [self.metrics, self.prior, self.confusion, self.groups]
+        metrics = [self.metrics, self.prior, self.confusion, self.groups, self.per_class, self.positive, self.roc]
         if self.groups is not None:
             metrics += [self.group_metrics, self.group_prior]
         for metric in metrics:
@@ -208,5 +260,26 @@ def confusion_matrix_figure(matrix: torch.Tensor, title: str, class_names: Optio
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
+    figure.tight_layout()
+    return figure
+
+
+def roc_figure(fprs: list[torch.Tensor], tprs: list[torch.Tensor], aurocs: list[float], title: str,
+               class_names: Optional[list[str]] = None):
+    """One-vs-rest ROC curves, one per class, with each class's AUROC in the legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = class_names or [str(i) for i in range(len(fprs))]
+    figure, ax = plt.subplots(figsize=(5, 5))
+    for fpr, tpr, auroc, name in zip(fprs, tprs, aurocs, names):
+        ax.plot(fpr.detach().cpu().numpy(), tpr.detach().cpu().numpy(), label=f"{name} (AUROC {auroc:.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=7)
     figure.tight_layout()
     return figure

@@ -17,7 +17,7 @@ detection of its inputs against the first test loader's by ``ood_score``: ``test
 from __future__ import annotations
 
 import random
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +27,7 @@ from torchmetrics import Metric
 
 from lightning_modules.batch import GROUP, IMAGE, LABEL, require
 from lightning_modules.metrics.classification import (ClassificationEvaluation, GroupPooling, class_scores,
-                                                      confusion_matrix_figure)
+                                                      confusion_matrix_figure, roc_figure)
 from lightning_modules.metrics.ood import (SourcedScores, energy_score, max_logit_score, msp_score,
                                            ood_detection_metrics)
 from lightning_modules.tasks.base import BaseTask
@@ -48,9 +48,10 @@ class ClassificationTask(BaseTask):
         mixup_alpha, mixup_prob: mix a batch with its permutation by lam ~ Beta(alpha, alpha) with
             probability ``mixup_prob`` (inputs and one-hot targets alike); 0 disables.
         layer_decay: layer-wise lr decay factor (ASDA fine-tuning 0.65); None: off.
-        class_weights: per-class loss weights (e.g. balanced, N / (K N_c)): the CE weight of the target
-            classes (multi-class; each sample's loss times its weight, averaged over the batch, as Keras'
-            ``class_weight``) or BCE's ``pos_weight`` per label (multi-label).
+        class_weights: per-class loss weights: the CE weight of the target classes (multi-class; each sample's
+            loss times its weight, averaged over the batch, as Keras' ``class_weight``) or BCE's ``pos_weight``
+            per label (multi-label). ``"balanced"``: N / (K N_c) from the datamodule's ``class_counts`` (its
+            training split), computed when fitting starts.
         loss: a loss module called as ``loss(logits, soft_targets)`` with float (B, C) targets (one-hot or
             multi-hot, mixed by mixup), replacing the built-in CE/BCE (None); give its weights to it.
         metrics: extra torchmetrics, fed (class probabilities, targets), logged as ``val/<name>`` and
@@ -66,22 +67,32 @@ class ClassificationTask(BaseTask):
         figure_every_n_epochs: cadence of the validation confusion-matrix figure (0: none; the test
             figure is always drawn, multi-class only).
         input_key, target_key: the batch keys of the network input and the class target.
+        class_names: names of the classes (figures, per-class metric names); None: the indices.
+        per_class_metrics: also log each class's precision, recall and F1 at test (``test/recall/<class>``).
+        positive_class: also score this class against the rest on its probability (``test/pos/auroc``,
+            ``pos/precision``, ``pos/recall``, ``pos/specificity``, ``pos/f1``, ``pos/acc`` at 0.5): melanoma vs
+            rest, malignant vs benign + normal. Multi-class only; the test of every multi-class run also draws
+            one-vs-rest ROC curves.
     """
 
     def __init__(self, network: nn.Module, num_classes: int, multilabel: bool = False, label_smoothing: float = 0.0,
                  mixup_alpha: float = 0.0, mixup_prob: float = 1.0, layer_decay: Optional[float] = None,
-                 class_weights: Optional[list[float]] = None, loss: Optional[nn.Module] = None,
+                 class_weights: Optional[Union[list[float], Literal["balanced"]]] = None,
+                 loss: Optional[nn.Module] = None,
                  metrics: Optional[dict[str, Metric]] = None, group_key: str = GROUP,
                  group_pooling: Optional[GroupPooling] = None, ood_score: OODScore = "msp",
                  ood_temperature: float = 1.0,
                  scheduler_interval: Literal["step", "epoch"] = "step", figure_every_n_epochs: int = 0,
-                 input_key: str = IMAGE, target_key: str = LABEL,
+                 input_key: str = IMAGE, target_key: str = LABEL, class_names: Optional[list[str]] = None,
+                 per_class_metrics: bool = False, positive_class: Optional[int] = None,
                  optimizer: OptimizerCallable = torch.optim.AdamW, lr_scheduler: Optional[LRSchedulerCallable] = None):
         super().__init__(optimizer=optimizer, lr_scheduler=lr_scheduler, scheduler_interval=scheduler_interval,
                          figure_every_n_epochs=figure_every_n_epochs)
         if multilabel and label_smoothing:
             raise ValueError("label_smoothing applies to multi-class targets only")
-        if class_weights is not None and len(class_weights) != num_classes:
+        if isinstance(class_weights, str) and class_weights != "balanced":
+            raise ValueError(f"class_weights must be a list of weights or 'balanced', got {class_weights!r}")
+        if not isinstance(class_weights, str) and class_weights is not None and len(class_weights) != num_classes:
             raise ValueError(f"class_weights needs one weight per class ({num_classes}), got {len(class_weights)}")
         if class_weights is not None and loss is not None:
             raise ValueError("class_weights weight the built-in loss: give the injected loss its own weights")
@@ -97,21 +108,43 @@ class ClassificationTask(BaseTask):
         self.layer_decay = layer_decay
         self.criterion = loss
         # Not persistent: checkpoints stay loadable whatever the weights (they are hparams).
-        self.register_buffer("class_weights", None if class_weights is None else torch.tensor(class_weights).float(),
-                             persistent=False)
+        self.balanced_class_weights = class_weights == "balanced"
+        fixed = None if class_weights is None or self.balanced_class_weights else torch.tensor(class_weights).float()
+        self.register_buffer("class_weights", fixed, persistent=False)
+        if multilabel and (per_class_metrics or positive_class is not None):
+            raise ValueError("per_class_metrics and positive_class apply to multi-class targets")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names needs {num_classes} names, got {len(class_names)}")
+        self.class_names = list(class_names) if class_names else None
+        self.per_class_metrics, self.positive_class = per_class_metrics, positive_class
         self.group_key, self.group_pooling = group_key, group_pooling
         self.ood_score_name, self.ood_temperature = ood_score, ood_temperature
         self.input_key, self.target_key = input_key, target_key
         self.metric_name = "mAP" if multilabel else "acc"
         self.monitor, self.monitor_mode = f"val/{self.metric_name}", "max"
         self.val_evaluation = self._evaluation()
-        self.test_evaluations = nn.ModuleDict({"test": self._evaluation()})
+        self.test_evaluations = nn.ModuleDict({"test": self._evaluation(test=True)})
         self.test_ood_scores = SourcedScores()
         self.init_extra_metrics(metrics)
         self._test_loaders: list[tuple[str, bool]] = [("test", False)]  # (name, out-of-distribution)
 
-    def _evaluation(self) -> ClassificationEvaluation:
-        return ClassificationEvaluation(self.num_classes, self.multilabel, self.group_pooling)
+    def _evaluation(self, test: bool = False) -> ClassificationEvaluation:
+        return ClassificationEvaluation(self.num_classes, self.multilabel, self.group_pooling,
+                                        per_class=test and self.per_class_metrics, class_names=self.class_names,
+                                        positive_class=self.positive_class, roc=test and not self.multilabel)
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.balanced_class_weights:
+            counts = getattr(self.trainer.datamodule, "class_counts", None)
+            if counts is None:
+                raise ValueError("class_weights: balanced needs a datamodule with class_counts (its training "
+                                 "split's items per class)")
+            counts = torch.tensor(counts, dtype=torch.float32)
+            if len(counts) != self.num_classes:
+                raise ValueError(f"the datamodule counts {len(counts)} classes, the task has {self.num_classes}")
+            # N / (K N_c); a class absent from the training split gets no weight (it has no loss terms).
+            self.class_weights = torch.where(counts > 0, counts.sum() / (self.num_classes * counts.clamp_min(1)),
+                                             torch.zeros_like(counts)).to(self.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(x)
@@ -199,7 +232,8 @@ class ClassificationTask(BaseTask):
         matrix = self.val_evaluation.confusion_matrix()  # computed on every rank (it syncs), drawn on rank 0
         if matrix is not None and self.figure_due():
             self.log_figure(f"val/confusion_matrix_epoch{self.current_epoch:04d}",
-                            confusion_matrix_figure(matrix, f"validation, epoch {self.current_epoch}"))
+                            confusion_matrix_figure(matrix, f"validation, epoch {self.current_epoch}",
+                                                    self.class_names))
         self.val_evaluation.reset()
 
     def on_test_start(self) -> None:
@@ -212,7 +246,7 @@ class ClassificationTask(BaseTask):
             names = ["test", *(f"test_{i}" for i in range(1, count))]
         ood = set(getattr(datamodule, "ood_test_sets", {}))
         self._test_loaders = [(name, i > 0 and name in ood) for i, name in enumerate(names)]
-        self.test_evaluations = nn.ModuleDict({name: self._evaluation() for name, is_ood in self._test_loaders
+        self.test_evaluations = nn.ModuleDict({name: self._evaluation(test=True) for name, is_ood in self._test_loaders
                                                if not is_ood}).to(self.device)
         self.test_ood_scores.reset()
 
@@ -242,7 +276,12 @@ class ClassificationTask(BaseTask):
             matrix = evaluation.confusion_matrix()
             if matrix is not None:
                 self.log_figure(f"{prefix}confusion_matrix", confusion_matrix_figure(
-                    matrix, f"{prefix.rstrip('/')} ({int(matrix.sum())} samples)"))
+                    matrix, f"{prefix.rstrip('/')} ({int(matrix.sum())} samples)", self.class_names))
+            curves = evaluation.roc_curves()
+            if curves is not None and self.trainer.is_global_zero:
+                aurocs = [float(torch.trapezoid(tpr, fpr)) for fpr, tpr in zip(*curves)]
+                self.log_figure(f"{prefix}roc", roc_figure(*curves, aurocs, f"{prefix.rstrip('/')} one-vs-rest ROC",
+                                                           self.class_names))
             evaluation.reset()
         self.log_extra_metrics("test")
         if self._has_ood_loaders:
