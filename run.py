@@ -4,6 +4,7 @@
     python run.py --config experiments/fnoreg_demo.yaml          # fit, then test the best checkpoint
     python run.py fit --config X.yaml --trainer.max_epochs 5      # the usual subcommands also work
     python run.py test --config X.yaml --ckpt_path runs/X/<id>/checkpoints/best.ckpt
+    python run.py study --config experiments/<paper>/<x>_study.yaml   # several runs, one table (study.py)
 
 Each run gets one folder, runs/<experiment>/<run id>/, holding the resolved config, checkpoints,
 metrics.csv, the W&B run (offline without a key or network), figures/ and results.json. The run id
@@ -299,8 +300,13 @@ def resolved_config(config: str | os.PathLike) -> dict:
     return resolved.as_dict()
 
 
-def main(argv: Optional[list[str]] = None) -> ExperimentCLI:
+def main(argv: Optional[list[str]] = None) -> Optional[ExperimentCLI]:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "study":  # several runs and their table: study.py
+        import study
+
+        study.main(argv[1:])
+        return None
     fit_then_test = not argv or argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help")
     if fit_then_test:
         argv = ["fit", *argv]
