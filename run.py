@@ -74,10 +74,16 @@ def composition(config: str | os.PathLike) -> list[Path]:
 
 
 def all_compositions() -> list[list[Path]]:
-    """Every runnable composition in experiments/ (trainer presets excluded): each base, each base + setting,
-    each stand-alone file (the demos)."""
-    files = sorted(p for p in EXPERIMENTS.rglob("*.yaml") if TRAINER_PRESETS not in p.parents)
+    """Every runnable composition in experiments/ (trainer presets and study files excluded): each base, each
+    base + setting, each stand-alone file (the demos)."""
+    files = sorted(p for p in EXPERIMENTS.rglob("*.yaml") if TRAINER_PRESETS not in p.parents and not is_study(p))
     return [composition(p) for p in files]
+
+
+def is_study(path: Path) -> bool:
+    """A study file (``study:`` at the top, run by ``run.py study``), not a run config."""
+    with open(path) as file:
+        return any(line.startswith("study:") for line in file)
 
 
 _NETWORK = "model.init_args.network.init_args."

@@ -145,3 +145,25 @@ def test_schedule_length_is_the_run_in_the_schedulers_unit():
 def test_a_noise_setting_tests_the_noise_it_is_named_after(files):
     noise = files[1].stem.rsplit("noise_", 1)[1]
     assert _resolved(tuple(files))["data"]["init_args"]["test_noise"] == {"sp": "s&p"}.get(noise, noise)
+
+
+STUDIES = sorted(p for p in EXPERIMENTS.rglob("*.yaml") if run.is_study(p))
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=[p.relative_to(EXPERIMENTS).as_posix() for p in STUDIES])
+def test_every_study_expands_and_its_runs_parse(path, tmp_path, monkeypatch):
+    """Each run of a study file, placeholders filled (checkpoints by the paths they will have), parses."""
+    import study
+
+    monkeypatch.setattr(study, "checkpoint_of", lambda r: r.run_dir / "checkpoints" / "best.ckpt")
+    runs = study.expand_runs(study.load_study(path), tmp_path)
+    done = {}
+    for entry in runs:
+        argv = study.command(entry, done, tmp_path, str(tmp_path), "study/id")[2:]
+        if argv[0] in run.SUBCOMMANDS:
+            argv = argv[1:]
+        for config in argv[1::2][:len(entry.configs)]:
+            assert Path(config).is_file() or (ROOT / config).is_file(), f"{entry.name}: {config} not found"
+        args = [a if not a.startswith("experiments/") else str(ROOT / a) for a in argv]
+        _parser().parse_args(["fit", *args])
+        done[entry.name] = entry
