@@ -284,3 +284,49 @@ def test_own_lightning_checkpoint_round_trip(tmp_path):
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model(x), src.eval()(x))
+
+
+TORCHVISION_EQUIVALENT = ["resnet18", "resnet50", "densenet121", "vgg16", "mobilenet_v2", "efficientnet_v2_s"]
+
+
+@pytest.mark.parametrize("name", TORCHVISION_EQUIVALENT)
+def test_same_outputs_as_torchvision(tmp_path, name):
+    """Where torchvision is installed (it is not a dependency): its randomly initialised model's state dict
+    loads into ours and both give the same logits, i.e. the layouts are the same network."""
+    models = pytest.importorskip("torchvision.models")
+    torch.manual_seed(0)
+    reference = getattr(models, name)(num_classes=10).eval()
+    path = tmp_path / f"{name}.pth"
+    torch.save(reference.state_dict(), path)
+    ours = ImageClassifier(name, num_classes=10, pretrained=str(path)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0"])
+def test_same_outputs_as_lukemelas_efficientnet(tmp_path, name):
+    """Where lukemelas' efficientnet_pytorch is installed (not a dependency): its state dict (flat ``_blocks.i``)
+    loads into MONAI's EfficientNetBN and the logits agree."""
+    efficientnet_pytorch = pytest.importorskip("efficientnet_pytorch")
+    torch.manual_seed(0)
+    reference = efficientnet_pytorch.EfficientNet.from_name(name.replace("_", "-"), num_classes=10).eval()
+    path = tmp_path / f"{name}.pth"
+    torch.save(reference.state_dict(), path)
+    ours = ImageClassifier(name, num_classes=10, pretrained=str(path)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x), rtol=1e-4, atol=1e-5)
+
+
+def test_grey_scale_model_equals_rgb_model_on_replicated_image(tmp_path):
+    """Summing the first conv's RGB kernels makes the 1-channel model compute the RGB model's function on
+    the grey image repeated over 3 channels."""
+    torch.manual_seed(0)
+    rgb = ImageClassifier("mobilenet_v2", num_classes=3).eval()
+    path = tmp_path / "rgb.pt"
+    torch.save(rgb.state_dict(), path)
+    grey = ImageClassifier("mobilenet_v2", num_classes=3, in_channels=1, pretrained=str(path)).eval()
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(grey(x), rgb(x.repeat(1, 3, 1, 1)), rtol=1e-4, atol=1e-5)
