@@ -140,6 +140,8 @@ class CutiViralDataModule(ImageClassificationDataModule):
 
     # ---- items ----
     def list_items(self) -> list[ClassificationItem]:
+        if self.data_dir is None:
+            raise self.error("data_dir is not set (--data.init_args.data_dir D)")
         return [CutiViralItem(item.source, item.label, name=item.name)
                 for item in self.folder_items(self.data_dir, CLASSES, self.aliases)]
 

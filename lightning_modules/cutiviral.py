@@ -290,21 +290,27 @@ class GeneratedImageWriter(BasePredictionWriter):
     RGB PNGs, where ``CutiViralDataModule(regime="generated", generated_dir=root)`` reads them.
 
     Args:
-        root: the generated-images root (relative paths: from the working directory).
-        method: ``wgan`` or ``cae`` (any folder name).
+        root: the generated-images root; None: the datamodule's ``generated_dir``.
+        method: the ``<method>`` folder (``wgan``, ``cae``); None: the datamodule's ``generation_method``.
         n: the ``<N>`` folder; None: the datamodule's ``generate``.
         class_names: class index -> folder.
     """
 
-    def __init__(self, root: str, method: str, n: Optional[int] = None, class_names: Sequence[str] = CLASSES):
+    def __init__(self, root: Optional[str] = None, method: Optional[str] = None, n: Optional[int] = None,
+                 class_names: Sequence[str] = CLASSES):
         super().__init__(write_interval="batch")
-        self.root, self.method, self.n, self.class_names = Path(root), method, n, list(class_names)
+        self.root, self.method, self.n, self.class_names = root, method, n, list(class_names)
 
     def folder(self, trainer) -> Path:
-        n = self.n if self.n is not None else getattr(trainer.datamodule, "generate", None)
-        if n is None:
-            raise ValueError("GeneratedImageWriter needs n, or a datamodule with `generate`")
-        return self.root / self.method / str(n)
+        datamodule = trainer.datamodule
+        values = {"root": self.root if self.root is not None else getattr(datamodule, "generated_dir", None),
+                  "method": self.method or getattr(datamodule, "generation_method", None),
+                  "n": self.n if self.n is not None else getattr(datamodule, "generate", None)}
+        missing = [k for k, v in values.items() if v is None]
+        if missing:
+            raise ValueError(f"GeneratedImageWriter needs {missing}: give them, or a CutiViralDataModule with "
+                             "generated_dir, generation_method and generate")
+        return Path(values["root"]) / values["method"] / str(values["n"])
 
     def write_on_batch_end(self, trainer, pl_module, prediction: dict, batch_indices, batch: Any, batch_idx: int,
                            dataloader_idx: int = 0) -> None:

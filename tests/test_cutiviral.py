@@ -121,10 +121,11 @@ def test_cae_trains_with_the_autoencoder_task_and_generates():
 def test_writer_output_feeds_the_generated_regime(tmp_path):
     torch.manual_seed(0)
     task = tiny_wgan(output_size=24)
-    trainer = quiet_trainer(callbacks=[GeneratedImageWriter(str(tmp_path / "gen"), "wgan")])
+    trainer = quiet_trainer(callbacks=[GeneratedImageWriter()])  # root, method and N from the datamodule
     for index in range(4):
         dm = SyntheticSkinDataModule(class_index=index, val_per_class=0, image_size=16, normalization="unit",
-                                     batch_size=4, num_workers=0, generate=6)
+                                     batch_size=4, num_workers=0, generate=6, generated_dir=str(tmp_path / "gen"),
+                                     generation_method="wgan")
         trainer.predict(task, datamodule=dm, return_predictions=False)
     for name in CLASSES:
         files = sorted((tmp_path / "gen" / "wgan" / "6" / name).glob("*.png"))
