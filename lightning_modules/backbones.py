@@ -535,7 +535,7 @@ def load_pretrained(model: ImageClassifier, path: str | Path) -> dict[str, list[
             f"pretrained checkpoint {path} does not match backbone {model.backbone!r} ("
             + "; ".join(parts) + "). Expected a torchvision/MONAI/lukemelas state dict of that architecture.")
     if skipped:
-        log.warning("%s: head keys skipped (shape differs from num_classes=%d): %s", path,
-                    model.head.out_features, ", ".join(skipped))
+        log.warning("%s: head keys skipped (their shape differs from this head's %s): %s", path,
+                    tuple(getattr(model.head, "weight", torch.empty(0)).shape), ", ".join(skipped))
     model.load_state_dict(state, strict=False)
     return {"skipped": skipped}

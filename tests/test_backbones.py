@@ -330,3 +330,17 @@ def test_grey_scale_model_equals_rgb_model_on_replicated_image(tmp_path):
     x = torch.rand(2, 1, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(grey(x), rgb(x.repeat(1, 3, 1, 1)), rtol=1e-4, atol=1e-5)
+
+
+def test_more_input_channels_repeat_scaled_kernels(tmp_path):
+    """in_channels=6 from an RGB checkpoint: kernels repeated and scaled by 3/6, so the image stacked twice
+    gives the RGB model's output."""
+    torch.manual_seed(0)
+    rgb = ImageClassifier("resnet18", num_classes=3).eval()
+    path = tmp_path / "rgb.pt"
+    torch.save(rgb.state_dict(), path)
+    six = ImageClassifier("resnet18", num_classes=3, in_channels=6, pretrained=str(path)).eval()
+    torch.testing.assert_close(six.trunk.conv1.weight, rgb.trunk.conv1.weight.repeat(1, 2, 1, 1) / 2)
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(six(torch.cat([x, x], 1)), rgb(x), rtol=1e-4, atol=1e-5)
