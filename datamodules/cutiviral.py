@@ -122,8 +122,6 @@ class CutiViralDataModule(ImageClassificationDataModule):
                          eval_batch_size=eval_batch_size, standin_config=standin_config)
         if regime not in ("original", "geometric", "generated"):
             raise ValueError(f"regime must be original, geometric or generated, got {regime!r}")
-        if regime == "generated" and not generated_dir:
-            raise ValueError("regime 'generated' needs generated_dir")
         if min(train_per_class, test_per_class) < 1 or not 0 <= val_per_class < train_per_class:
             raise ValueError("need train_per_class >= 1, test_per_class >= 1, 0 <= val_per_class < train_per_class")
         if class_index is not None and not 0 <= class_index < len(CLASSES):
@@ -151,6 +149,8 @@ class CutiViralDataModule(ImageClassificationDataModule):
 
     def generated_items(self) -> list[ClassificationItem]:
         """The generator's images of the kept classes, ``<generated_dir>/<method>/<N>/<class>/*.png``."""
+        if self.generated_dir is None:
+            raise self.error("regime 'generated' needs generated_dir (--data.init_args.generated_dir D_GEN)")
         root = self.generated_dir / self.generation_method / str(self.n_generated)
         hint = (f"generate them first: python run.py predict --config experiments/cutiviral/"
                 f"{self.generation_method}_generator.yaml ... (see docs/papers/cutiviral.md)")
