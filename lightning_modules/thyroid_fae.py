@@ -36,6 +36,7 @@ from typing import Any, Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 
 from lightning_modules.metrics.thyroid_fae import ThyroidAUROC
@@ -434,7 +435,7 @@ class ThyroidClassificationTask(ClassificationTask):
 
     def __init__(self, network: nn.Module, num_classes: int = 2, auroc_from: Literal["labels", "probs"] = "labels",
                  positive_class: int = 1, class_names: Optional[list[str]] = None, per_class_metrics: bool = True,
-                 loss: Optional[nn.Module] = None, optimizer: Any = torch.optim.Adam,
+                 loss: Optional[nn.Module] = None, optimizer: OptimizerCallable = torch.optim.Adam,
                  scheduler_interval: Literal["step", "epoch"] = "epoch", **kwargs):
         if auroc_from not in ("labels", "probs"):
             raise ValueError(f"auroc_from must be 'labels' or 'probs', got {auroc_from!r}")
