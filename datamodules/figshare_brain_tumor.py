@@ -18,7 +18,7 @@ grouped by PID), ``cvind`` (fold ``fold`` of cvind.mat as the test set), or the 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import albumentations as A
 import cv2
