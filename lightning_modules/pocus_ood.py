@@ -1,0 +1,184 @@
+"""POCUS-OOD (ICPR 2024): the base CNN of ref. [7], its multi-exit (MOOD-style) variant, a deep ensemble of
+base CNNs, and the paper's OOD scores and metrics.
+
+Scores are "ID-ness" (higher = more in-distribution): max-softmax, S = -E with the energy
+E = -T logsumexp(f / T), the multi-level rule as min_k F_k(S_k) (F_k: empirical CDF of exit-k scores on the
+training data) and the ensemble S = -U for U_var, U_wvar, U_epi. FPR at TPR t uses the threshold at which a
+fraction t of the *training* scores is accepted (a quantile of the training scores, not the test ROC).
+"""
+from __future__ import annotations
+
+import json
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import BinaryAUROC
+
+
+def _block(cin: int, cout: int, padding: str, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1 if padding == "same" else 0), nn.ReLU(inplace=True),
+                         nn.Dropout(dropout), nn.MaxPool2d(2, 2))
+
+
+def _spatial(size: int, padding: str, blocks: int) -> int:
+    for _ in range(blocks):
+        size = (size if padding == "same" else size - 2) // 2
+    return size
+
+
+class POCUSCNN(nn.Module):
+    """5 x [Conv3x3 -> ReLU -> Dropout(0.2) -> MaxPool2] (32-64-128-128-128) -> Dropout(0.5) -> FC 512 -> ReLU
+    -> Dropout(0.5) -> FC classes. ``exit_after``: conv-block indices (1-based) followed by an extra exit
+    [Conv3x3 128 -> ReLU -> MaxPool2 -> Flatten -> FC classes]; ``forward`` returns the final logits,
+    ``forward_exits`` the list of all exits' logits (early exits first, final last)."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 3, input_size: int = 180, padding: str = "same",
+                 filters: Sequence[int] = (32, 64, 128, 128, 128), conv_dropout: float = 0.2, fc_dropout: float = 0.5,
+                 hidden: int = 512, exit_after: Sequence[int] = ()):
+        super().__init__()
+        if padding not in ("same", "valid"):
+            raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
+        chans = [in_channels, *filters]
+        self.blocks = nn.ModuleList(_block(chans[i], chans[i + 1], padding, conv_dropout) for i in range(len(filters)))
+        side = _spatial(input_size, padding, len(filters))
+        if side < 1:
+            raise ValueError(f"input_size {input_size} too small for {len(filters)} blocks with padding {padding}")
+        self.head = nn.Sequential(nn.Dropout(fc_dropout), nn.Flatten(), nn.Linear(filters[-1] * side * side, hidden),
+                                  nn.ReLU(inplace=True), nn.Dropout(fc_dropout), nn.Linear(hidden, num_classes))
+        self.exit_after = [int(k) for k in exit_after]
+        exits = []
+        for k in self.exit_after:
+            s = _spatial(_spatial(input_size, padding, k), padding, 1)
+            exits.append(nn.Sequential(nn.Conv2d(filters[k - 1], 128, 3, padding=1 if padding == "same" else 0),
+                                       nn.ReLU(inplace=True), nn.MaxPool2d(2, 2), nn.Flatten(),
+                                       nn.Linear(128 * s * s, num_classes)))
+        self.exits = nn.ModuleList(exits)
+
+    def forward_exits(self, x: torch.Tensor) -> list[torch.Tensor]:
+        outs = []
+        for i, block in enumerate(self.blocks, start=1):
+            x = block(x)
+            if i in self.exit_after:
+                outs.append(self.exits[self.exit_after.index(i)](x))
+        outs.append(self.head(x))
+        return outs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_exits(x)[-1]
+
+
+def multi_exit_loss(exit_logits: Sequence[torch.Tensor], target: torch.Tensor, exit_weights: Sequence[float],
+                    class_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """sum_k w_k CE_k (class-weighted); the paper: 0.5 CE(exit1) + 0.5 CE(exit2) + 1 CE(final)."""
+    if len(exit_logits) != len(exit_weights):
+        raise ValueError(f"{len(exit_logits)} exits but {len(exit_weights)} exit weights")
+    return sum(w * F.cross_entropy(z, target, weight=class_weights) for w, z in zip(exit_weights, exit_logits))
+
+
+class DeepEnsemble(nn.Module):
+    """Members loaded from checkpoints (Lightning ``state_dict`` with ``network.`` prefix, or a bare state
+    dict); ``forward`` returns the member probabilities stacked (N, B, C) via ``member_probs`` and the log of
+    their mean as logits."""
+
+    def __init__(self, checkpoints: Sequence[str] | str = (), members: Optional[Sequence[nn.Module]] = None,
+                 **network_kwargs):
+        super().__init__()
+        if isinstance(checkpoints, str):
+            checkpoints = json.loads(checkpoints)
+        nets = list(members or [])
+        for path in checkpoints:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            state = state.get("state_dict", state)
+            state = {k[len("network."):]: v for k, v in state.items() if k.startswith("network.")} or state
+            net = POCUSCNN(**network_kwargs)
+            net.load_state_dict(state)
+            nets.append(net)
+        if not nets:
+            raise ValueError("DeepEnsemble needs members or checkpoints")
+        self.members = nn.ModuleList(nets)
+
+    def member_probs(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x).softmax(-1) for m in self.members])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.member_probs(x).mean(0).clamp_min(1e-12).log()
+
+
+# ---------------------------------------------------------------- scores (higher = more in-distribution)
+def softmax_score(logits: torch.Tensor) -> torch.Tensor:
+    return logits.softmax(-1).amax(-1)
+
+
+def energy_score(logits: torch.Tensor, temperature: float = 1e-3) -> torch.Tensor:
+    """S = -E = T logsumexp(f / T)."""
+    return temperature * torch.logsumexp(logits / temperature, dim=-1)
+
+
+def ensemble_uncertainty(member_probs: torch.Tensor, kind: str) -> torch.Tensor:
+    """member_probs (N, B, C). var: sum_c mean_n (f - F)^2; wvar: sum_c F_c mean_n (f - F)^2;
+    epi: H(F) - mean_n H(f^(n)) (mutual information)."""
+    mean = member_probs.mean(0)
+    var = ((member_probs - mean) ** 2).mean(0)
+    if kind == "var":
+        return var.sum(-1)
+    if kind == "wvar":
+        return (mean * var).sum(-1)
+    if kind == "epi":
+        xlogx = lambda p: torch.where(p > 0, p * p.clamp_min(1e-30).log(), torch.zeros_like(p))
+        return -xlogx(mean).sum(-1) + xlogx(member_probs).sum(-1).mean(0)
+    raise ValueError(f"unknown ensemble uncertainty {kind!r} (var, wvar, epi)")
+
+
+def empirical_cdf(train_scores: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """F(s) = fraction of training scores <= s."""
+    ref = torch.sort(train_scores.flatten().double()).values
+    return torch.searchsorted(ref, scores.double(), right=True).float() / ref.numel()
+
+
+def multi_level_score(exit_scores: Sequence[torch.Tensor], train_exit_scores: Sequence[torch.Tensor]) -> torch.Tensor:
+    """min_k F_k(S_k): thresholding it at tau is 'S_k > F_k^-1(tau) at every exit', each exit rejecting the
+    same training fraction."""
+    return torch.stack([empirical_cdf(t, s) for s, t in zip(exit_scores, train_exit_scores)]).amin(0)
+
+
+# ---------------------------------------------------------------- metrics
+def train_quantile_threshold(train_scores: torch.Tensor, tpr: float) -> float:
+    """The threshold accepting (score >= threshold) a fraction ``tpr`` of the training scores."""
+    return float(torch.quantile(train_scores.double().flatten(), 1.0 - tpr))
+
+
+def fpr_at_train_tpr(train_scores: torch.Tensor, ood_scores: torch.Tensor, tpr: float) -> float:
+    """Fraction of OOD samples accepted as ID at the training-quantile threshold."""
+    return float((ood_scores.double() >= train_quantile_threshold(train_scores, tpr)).float().mean())
+
+
+def ood_auroc(id_scores: torch.Tensor, ood_scores: torch.Tensor) -> float:
+    """ID = positive class; no sign flip (an AUROC below 0.5 is reported as is)."""
+    scores = torch.cat([id_scores, ood_scores]).float()
+    target = torch.cat([torch.ones_like(id_scores), torch.zeros_like(ood_scores)]).long()
+    return float(BinaryAUROC()(scores, target))
+
+
+def bootstrap_auroc_ci(id_scores: torch.Tensor, ood_scores: torch.Tensor, n: int = 1000, seed: int = 0,
+                       level: float = 0.95) -> tuple[float, float]:
+    """Percentile CI of the AUROC, resampling the ID set with replacement ``n`` times (seeded)."""
+    gen = torch.Generator().manual_seed(seed)
+    m = id_scores.numel()
+    aucs = [ood_auroc(id_scores[torch.randint(0, m, (m,), generator=gen)], ood_scores) for _ in range(n)]
+    lo, hi = np.quantile(np.array(aucs), [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
+def leave_out_cancer_auc(p_malignant: torch.Tensor, labels: torch.Tensor, test_scores: torch.Tensor,
+                         train_scores: torch.Tensor, leave_out: float, malignant: int = 2) -> float:
+    """Malignant vs rest AUROC on the test samples kept at the threshold removing ``leave_out`` of the
+    training data (score >= the ``leave_out`` quantile of the training scores)."""
+    keep = torch.ones_like(test_scores, dtype=torch.bool) if leave_out <= 0 else \
+        test_scores.double() >= train_quantile_threshold(train_scores, 1.0 - leave_out)
+    target = (labels[keep] == malignant).long()
+    if target.numel() == 0 or target.min() == target.max():
+        return float("nan")
+    return float(BinaryAUROC()(p_malignant[keep].float(), target))

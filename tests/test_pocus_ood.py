@@ -1,0 +1,102 @@
+"""POCUS-OOD: CNN parameter counts, multi-exit shapes and loss, scores and metrics against hand-computed numpy /
+sklearn values, a short fit on toy data."""
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from lightning_modules import pocus_ood as po
+
+
+@pytest.mark.parametrize("padding,count", [("same", 2_028_291), ("valid", 979_715)])
+def test_parameter_counts(padding, count):
+    net = po.POCUSCNN(input_size=180, padding=padding)
+    assert sum(p.numel() for p in net.parameters()) == count
+
+
+def test_multi_exit_shapes_and_loss_gradients():
+    net = po.POCUSCNN(input_size=64, exit_after=[2, 4])
+    x = torch.randn(2, 1, 64, 64)
+    outs = net.forward_exits(x)
+    assert [tuple(o.shape) for o in outs] == [(2, 3)] * 3
+    assert torch.equal(net.eval()(x), net.forward_exits(x)[-1])
+    net.train()
+    y = torch.tensor([0, 2])
+    w = torch.tensor([1.0, 2.0, 0.5])
+    loss = po.multi_exit_loss(net.forward_exits(x), y, [0.5, 0.5, 1.0], w)
+    loss.backward()
+    assert all(p.grad is not None for p in net.exits.parameters())
+
+
+def test_scores_against_numpy():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 3))
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    t = torch.tensor(logits)
+    np.testing.assert_allclose(po.softmax_score(t).numpy(), p.max(1), rtol=1e-6)
+    for T in (1.0, 1e-3):
+        m = logits.max(1)
+        ref = T * (m / T + np.log(np.exp((logits - m[:, None]) / T).sum(1)))
+        np.testing.assert_allclose(po.energy_score(t, T).numpy(), ref, rtol=1e-6)
+    f = rng.dirichlet(np.ones(3), size=(4, 6))  # N members, B, C
+    F = f.mean(0)
+    var = ((f - F) ** 2).mean(0)
+    ft = torch.tensor(f)
+    np.testing.assert_allclose(po.ensemble_uncertainty(ft, "var").numpy(), var.sum(1), rtol=1e-6)
+    np.testing.assert_allclose(po.ensemble_uncertainty(ft, "wvar").numpy(), (F * var).sum(1), rtol=1e-6)
+    epi = -(F * np.log(F)).sum(1) + (f * np.log(f)).sum(2).mean(0)
+    np.testing.assert_allclose(po.ensemble_uncertainty(ft, "epi").numpy(), epi, rtol=1e-6)
+
+
+def test_multi_level_and_metrics():
+    rng = np.random.default_rng(1)
+    train = [torch.tensor(rng.normal(size=200)) for _ in range(3)]
+    test = [torch.tensor(rng.normal(size=50)) for _ in range(3)]
+    ref = np.min([[np.mean(tr.numpy() <= s) for s in te.numpy()] for tr, te in zip(train, test)], axis=0)
+    np.testing.assert_allclose(po.multi_level_score(test, train).numpy(), ref, rtol=1e-6)
+    id_s, ood_s, tr = torch.tensor(rng.normal(1, 1, 100)), torch.tensor(rng.normal(0, 1, 80)), torch.tensor(rng.normal(1, 1, 300))
+    for tpr in (0.95, 0.8):
+        thr = np.quantile(tr.numpy(), 1 - tpr)
+        assert po.fpr_at_train_tpr(tr, ood_s, tpr) == pytest.approx(np.mean(ood_s.numpy() >= thr))
+    auc = roc_auc_score(np.r_[np.ones(100), np.zeros(80)], np.r_[id_s.numpy(), ood_s.numpy()])
+    assert po.ood_auroc(id_s, ood_s) == pytest.approx(auc, abs=1e-5)
+    lo, hi = po.bootstrap_auroc_ci(id_s, ood_s, n=100, seed=0)
+    assert lo < auc < hi and po.bootstrap_auroc_ci(id_s, ood_s, n=100, seed=0) == (lo, hi)
+    labels = torch.tensor(rng.integers(0, 3, 100))
+    pm = torch.tensor(rng.random(100))
+    keep = id_s.numpy() >= np.quantile(tr.numpy(), 0.2)
+    ref = roc_auc_score(labels.numpy()[keep] == 2, pm.numpy()[keep])
+    assert po.leave_out_cancer_auc(pm, labels, id_s, tr, 0.2) == pytest.approx(ref, abs=1e-5)
+
+
+def test_ensemble_loads_checkpoints(tmp_path):
+    paths = []
+    for i in range(2):
+        torch.manual_seed(i)
+        net = po.POCUSCNN(input_size=32)
+        torch.save({"state_dict": {"network." + k: v for k, v in net.state_dict().items()}}, tmp_path / f"m{i}.ckpt")
+        paths.append(str(tmp_path / f"m{i}.ckpt"))
+    ens = po.DeepEnsemble(checkpoints=paths, input_size=32).eval()
+    x = torch.randn(3, 1, 32, 32)
+    probs = ens.member_probs(x)
+    assert probs.shape == (2, 3, 3)
+    torch.testing.assert_close(ens(x).exp(), probs.mean(0))
+
+
+def test_short_fit_lowers_loss():
+    torch.manual_seed(0)
+    x = torch.rand(48, 1, 32, 32)
+    y = torch.arange(48) % 3
+    x[y == 1, :, 8:16] += 1.0
+    x[y == 2, :, :, 8:16] += 1.0
+    net = po.POCUSCNN(input_size=32, exit_after=[2, 4], conv_dropout=0.0, fc_dropout=0.0)
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    losses = []
+    for _ in range(30):
+        opt.zero_grad()
+        loss = po.multi_exit_loss(net.forward_exits(x), y, [0.5, 0.5, 1.0])
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    assert (net.eval()(x).argmax(1) == y).float().mean() > 0.5
