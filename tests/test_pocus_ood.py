@@ -100,3 +100,26 @@ def test_short_fit_lowers_loss():
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
     assert (net.eval()(x).argmax(1) == y).float().mean() > 0.5
+
+
+def test_corruption_deterministic_and_mnist_reader(tmp_path):
+    from datamodules.base import DatasetError
+    from datamodules.ood_sets import corrupt_pocus, read_mnist_idx
+    img = (np.random.default_rng(0).random((40, 40)) * 255).astype(np.uint8)
+    a, b = corrupt_pocus(img, 3), corrupt_pocus(img, 3)
+    assert a.dtype == np.uint8 and a.shape == img.shape and np.array_equal(a, b)
+    assert not np.array_equal(a, corrupt_pocus(img, 4))
+    arr = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
+    p = tmp_path / "t10k-images-idx3-ubyte"
+    p.write_bytes(b"".join(int(v).to_bytes(4, "big") for v in (2051, 2, 28, 28)) + arr.tobytes())
+    assert np.array_equal(read_mnist_idx(p), arr)
+    with pytest.raises(DatasetError, match="not found"):
+        read_mnist_idx(tmp_path / "missing")
+
+
+def test_standin_shapes():
+    from datamodules.standins import synthetic_breast_us as s
+    ims, labels = s.make_split(6, seed=0, size=64)
+    assert len(ims) == 6 and ims[0].shape == (64, 64) and ims[0].dtype == np.uint8 and labels[:3] == [0, 1, 2]
+    assert s.carotid_image(0).shape == (64, 64)
+    assert np.array_equal(s.breast_image(2, 5), s.breast_image(2, 5))
