@@ -123,3 +123,26 @@ def test_standin_shapes():
     assert len(ims) == 6 and ims[0].shape == (64, 64) and ims[0].dtype == np.uint8 and labels[:3] == [0, 1, 2]
     assert s.carotid_image(0).shape == (64, 64)
     assert np.array_equal(s.breast_image(2, 5), s.breast_image(2, 5))
+
+
+def test_pocus_reader_layout(tmp_path):
+    from PIL import Image
+    from datamodules.base import DatasetError
+    from datamodules.pocus import POCUSDataModule, pocus_augmentation
+    rng = np.random.default_rng(0)
+    for source, split in [("pocus", "train"), ("pocus", "test"), ("us", "train")]:
+        for c in ("normal", "benign", "malignant"):
+            d = tmp_path / source / split / c
+            d.mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray((rng.random((40, 50)) * 255).astype(np.uint8)).save(d / f"{c}{i}.png")
+    dm = POCUSDataModule(str(tmp_path), image_size=32, val_fraction=0.2, num_workers=0,
+                         augmentation="datamodules.pocus:pocus_augmentation")
+    dm.setup()
+    assert len(dm.split_indices["test"]) == 9 and len(dm.split_indices["train"]) + len(dm.split_indices["val"]) == 18
+    x = dm.train_set[0]
+    assert tuple(x["image"].shape) == (1, 32, 32) and 0 <= float(x["image"].min()) and float(x["image"].max()) <= 1
+    assert len(pocus_augmentation()) == 2
+    (tmp_path / "us").rename(tmp_path / "us_gone")
+    with pytest.raises(DatasetError):
+        POCUSDataModule(str(tmp_path), image_size=32, num_workers=0).setup()
