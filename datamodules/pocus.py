@@ -20,11 +20,10 @@ class POCUSDataModule(ImageClassificationDataModule):
     standin_config = "experiments/pocus_ood_demo.yaml"
     classes = ("normal", "benign", "malignant")
 
-    def __init__(self, data_dir: str = "", use_us: bool = True, **kwargs):
-        kwargs.setdefault("channels", 1)
-        kwargs.setdefault("normalization", "unit")
-        kwargs.setdefault("split", "predefined")
-        super().__init__(data_dir=data_dir, **kwargs)
+    def __init__(self, data_dir: str = "", use_us: bool = True, image_size: int = 180, channels: int = 1,
+                 normalization: str = "unit", split: str = "predefined", **kwargs):
+        super().__init__(data_dir=data_dir, image_size=image_size, channels=channels, normalization=normalization,
+                         split=split, **kwargs)
         self.use_us = use_us
 
     def list_items(self) -> list[ClassificationItem]:

@@ -182,3 +182,113 @@ def leave_out_cancer_auc(p_malignant: torch.Tensor, labels: torch.Tensor, test_s
     if target.numel() == 0 or target.min() == target.max():
         return float("nan")
     return float(BinaryAUROC()(p_malignant[keep].float(), target))
+
+
+# ---------------------------------------------------------------- the task
+from lightning_modules.tasks.classification import ClassificationTask  # noqa: E402
+
+
+class POCUSOODTask(ClassificationTask):
+    """ClassificationTask with the paper's scorers and evaluation.
+
+    Args (besides ClassificationTask's):
+        scorer: ``softmax`` (max-softmax), ``energy`` (S = -E at ``temperature``, final exit), ``multilevel``
+            (min_k F_k(S_k) over the exits' energies), or ``ens_var`` / ``ens_wvar`` / ``ens_epi`` (a
+            DeepEnsemble network).
+        exit_weights: multi-exit loss weights (early exits first); None: CE of the final output.
+        tpr_levels, leave_out, bootstrap, bootstrap_seed: the FPR@TPR levels (training-score quantiles), the
+            cancer-AUC leave-out fractions, the AUROC bootstrap resamples of the ID test set.
+        malignant: the class index of the cancer-vs-rest AUC.
+    Logs ``test/<ood>/auroc_train``, ``.../auroc_ci_low|high``, ``.../fpr95_train``, ``.../fpr80_train`` and
+    ``test/cancer_auc_lo<pct>`` next to ClassificationTask's ``test/<ood>/ood_*``.
+    """
+
+    def __init__(self, *args, scorer: str = "softmax", temperature: float = 1e-3,
+                 exit_weights: Optional[list[float]] = None, tpr_levels: Sequence[float] = (0.95, 0.80),
+                 leave_out: Sequence[float] = (0.0, 0.05, 0.20), bootstrap: int = 1000, bootstrap_seed: int = 0,
+                 malignant: int = 2, **kwargs):
+        super().__init__(*args, **kwargs)
+        if scorer not in ("softmax", "energy", "multilevel", "ens_var", "ens_wvar", "ens_epi"):
+            raise ValueError(f"unknown scorer {scorer!r}")
+        self.scorer, self.temperature, self.exit_weights = scorer, temperature, exit_weights
+        self.tpr_levels, self.leave_out = list(tpr_levels), list(leave_out)
+        self.bootstrap, self.bootstrap_seed, self.malignant = bootstrap, bootstrap_seed, malignant
+        self._train_raw: Optional[list[torch.Tensor]] = None
+
+    # -- training
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if not self.exit_weights:
+            return super().training_step(batch, batch_idx)
+        x, y = batch[self.input_key], batch[self.target_key].long()
+        loss = multi_exit_loss(self.network.forward_exits(x), y, self.exit_weights, self.class_weights)
+        self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
+        return loss
+
+    # -- scoring: raw per-exit / per-method ID-ness scores
+    def raw_scores(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if self.scorer.startswith("ens_"):
+            probs = self.network.member_probs(x)
+            return probs.mean(0).clamp_min(1e-12).log(), [-ensemble_uncertainty(probs, self.scorer[4:])]
+        if self.scorer == "multilevel":
+            outs = self.network.forward_exits(x)
+            return outs[-1], [energy_score(z, self.temperature) for z in outs]
+        logits = self(x)
+        s = softmax_score(logits) if self.scorer == "softmax" else energy_score(logits, self.temperature)
+        return logits, [s]
+
+    def combine(self, raw: list[torch.Tensor]) -> torch.Tensor:
+        if self.scorer == "multilevel" and self._train_raw is not None:
+            return multi_level_score(raw, [t.to(raw[0].device) for t in self._train_raw])
+        return raw[-1]
+
+    def logits_and_features(self, x):
+        logits, raw = self.raw_scores(x)
+        return logits, self.combine(raw)
+
+    def ood_score(self, logits, features=None):
+        return -features.float()  # the framework's score is higher = more OOD
+
+    # -- test
+    @torch.no_grad()
+    def _score_set(self, dataset) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        from torch.utils.data import DataLoader
+        raws, probs, labels = [], [], []
+        for batch in DataLoader(dataset, batch_size=64):
+            logits, raw = self.raw_scores(batch[self.input_key].to(self.device))
+            raws.append(torch.stack(raw).cpu()); probs.append(logits.softmax(-1).cpu())
+            labels.append(batch[self.target_key].cpu())
+        return list(torch.cat(raws, 1)), torch.cat(probs), torch.cat(labels)
+
+    def on_test_start(self) -> None:
+        super().on_test_start()
+        was = self.training
+        self.eval()
+        dm = self.trainer.datamodule
+        train_set = getattr(dm, "train_eval_set", None)
+        if train_set is None:
+            raise ValueError("POCUSOODTask needs a datamodule with train_eval_set (the training split, no augmentation)")
+        self._train_raw = None
+        self._train_raw, _, _ = self._score_set(train_set)
+        self._train_scores = self.combine(self._train_raw).cpu()
+        self._extra_sets = {"test": dm.test_set, **getattr(dm, "ood_test_sets", {})}
+        self.train(was)
+
+    def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
+        raw, probs, labels = self._score_set(self._extra_sets["test"])
+        id_scores = self.combine(raw).cpu()
+        out = {}
+        for lo in self.leave_out:
+            out[f"test/cancer_auc_lo{round(lo * 100)}"] = leave_out_cancer_auc(
+                probs[:, self.malignant], labels, id_scores, self._train_scores, lo, self.malignant)
+        for name, ds in self._extra_sets.items():
+            if name == "test":
+                continue
+            ood = self.combine(self._score_set(ds)[0]).cpu()
+            out[f"test/{name}/auroc_train"] = ood_auroc(id_scores, ood)
+            if self.bootstrap:
+                lo_ci, hi_ci = bootstrap_auroc_ci(id_scores, ood, self.bootstrap, self.bootstrap_seed)
+                out[f"test/{name}/auroc_ci_low"], out[f"test/{name}/auroc_ci_high"] = lo_ci, hi_ci
+            for t in self.tpr_levels:
+                out[f"test/{name}/fpr{round(t * 100)}_train"] = fpr_at_train_tpr(self._train_scores, ood, t)
+        self.log_dict(out, add_dataloader_idx=False)

@@ -64,3 +64,49 @@ def make_split(n: int, seed: int, size: int = 64) -> tuple[list[np.ndarray], lis
 
 def corrupted(images: list[np.ndarray], seed: int = 0) -> list[np.ndarray]:
     return [corrupt_pocus(im, seed * 100_000 + i) for i, im in enumerate(images)]
+
+
+# ---------------------------------------------------------------- the DataModule
+from datamodules.image_classification import ClassificationItem  # noqa: E402
+from datamodules.pocus import POCUSDataModule  # noqa: E402
+
+
+class SyntheticBreastUSDataModule(POCUSDataModule):
+    """The stand-in: ``train``/``test`` synthetic images (balanced), OOD sets ``mnist`` (sklearn digits),
+    ``corrupt`` (CorruptPOCUS of the test set) and ``cca`` (synthetic carotids); ``train_eval_set``: the
+    training split without augmentation (training-score quantiles)."""
+
+    def __init__(self, n_train: int = 300, n_test: int = 150, n_cca: int = 84, n_digits: int = 1797,
+                 source_size: int = 64, seed: int = 0, ood_sets: tuple[str, ...] = ("mnist", "corrupt", "cca"),
+                 **kwargs):
+        super().__init__(data_dir="", use_us=False, **kwargs)
+        self.n_train, self.n_test, self.n_cca, self.n_digits = n_train, n_test, n_cca, n_digits
+        self.source_size, self.seed, self.ood_names = source_size, seed, tuple(ood_sets)
+
+    def prepare_data(self) -> None:
+        pass
+
+    def list_items(self) -> list[ClassificationItem]:
+        tr, ytr = make_split(self.n_train, self.seed * 2 + 1, self.source_size)
+        te, yte = make_split(self.n_test, self.seed * 2 + 2, self.source_size)
+        self._test_images = te
+        return [ClassificationItem(im, y, "pocus/train", f"train{i}") for i, (im, y) in enumerate(zip(tr, ytr))] + \
+               [ClassificationItem(im, y, "pocus/test", f"test{i}") for i, (im, y) in enumerate(zip(te, yte))]
+
+    def setup(self, stage=None) -> None:
+        if self.items:
+            return
+        super().setup(stage)
+        self.train_eval_set = self.make_dataset([self.items[i] for i in self.split_indices["train"]], train=False)
+        ood = {}
+        if "mnist" in self.ood_names:
+            ood["mnist"] = [ClassificationItem(im, -1, "", f"digit{i}")
+                            for i, im in enumerate(digits_images(self.source_size)[:self.n_digits])]
+        if "corrupt" in self.ood_names:
+            ood["corrupt"] = [ClassificationItem(im, -1, "", f"corrupt{i}")
+                              for i, im in enumerate(corrupted(self._test_images, self.seed))]
+        if "cca" in self.ood_names:
+            ood["cca"] = [ClassificationItem(carotid_image(10_000_000 + i, self.source_size), -1, "", f"cca{i}")
+                          for i in range(self.n_cca)]
+        for name, items in ood.items():
+            self.ood_test_sets[name] = self.make_dataset(items, train=False)
