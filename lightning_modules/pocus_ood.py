@@ -292,3 +292,12 @@ class POCUSOODTask(ClassificationTask):
             for t in self.tpr_levels:
                 out[f"test/{name}/fpr{round(t * 100)}_train"] = fpr_at_train_tpr(self._train_scores, ood, t)
         self.log_dict(out, add_dataloader_idx=False)
+
+
+def sample_member_hparams(index: int, seed: int = 0) -> dict:
+    """Table 2 hyperparameters of ensemble member ``index`` (deterministic): leave-out U(0, 0.15), lr
+    log-uniform in [1e-4, 1e-3], Adam or RMSprop, epochs 25-85, batch size in {8, 16, 32, 64, 128}."""
+    rng = np.random.default_rng([seed, index])
+    return {"leave_out": float(rng.uniform(0.0, 0.15)), "lr": float(10 ** rng.uniform(-4, -3)),
+            "optimizer": ["torch.optim.Adam", "torch.optim.RMSprop"][int(rng.integers(2))],
+            "epochs": int(rng.integers(25, 86)), "batch_size": int(rng.choice([8, 16, 32, 64, 128]))}

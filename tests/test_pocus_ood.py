@@ -146,3 +146,11 @@ def test_pocus_reader_layout(tmp_path):
     (tmp_path / "us").rename(tmp_path / "us_gone")
     with pytest.raises(DatasetError):
         POCUSDataModule(str(tmp_path), image_size=32, num_workers=0).setup()
+
+
+def test_member_hparams_deterministic_in_table2_ranges():
+    hs = [po.sample_member_hparams(i) for i in range(20)]
+    assert hs == [po.sample_member_hparams(i) for i in range(20)] and len({h["lr"] for h in hs}) == 20
+    for h in hs:
+        assert 0 <= h["leave_out"] <= 0.15 and 1e-4 <= h["lr"] <= 1e-3 and 25 <= h["epochs"] <= 85
+        assert h["batch_size"] in (8, 16, 32, 64, 128) and h["optimizer"] in ("torch.optim.Adam", "torch.optim.RMSprop")
