@@ -77,7 +77,7 @@ def load_mat(path: Path, layout: str, standin: str) -> dict:
         raise DatasetError("Missing file", path=path, layout=layout, standin_config=standin)
     try:
         return scipy.io.loadmat(str(path))
-    except (ValueError, NotImplementedError, OSError, TypeError) as error:
+    except Exception as error:  # MatReadError, v7.3 (HDF5) NotImplementedError, truncated files
         raise DatasetError(f"Unreadable .mat file ({type(error).__name__}: {error})", path=path, layout=layout,
                            standin_config=standin) from error
 
