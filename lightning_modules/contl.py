@@ -17,8 +17,10 @@ each projected 64 -> h, are the Transformer's tokens and LSTM1's time steps.
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, Literal, Optional
 
+import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
@@ -119,3 +121,51 @@ class ConTLTask(ClassificationTask):
         super().__init__(network=network, num_classes=num_classes, input_key=input_key, optimizer=optimizer, **kwargs)
         self.monitor = monitor_metric
         self.monitor_mode = monitor_mode or ("min" if monitor_metric.endswith("loss") else "max")
+
+
+class PatienceRestarts(L.Callback):
+    """The official solver's early stopping (``src/solver.py``): when ``monitor`` has not improved for ``patience``
+    validation epochs, reload the best model and optimiser state, reset the patience and go on; stop after the
+    ``num_trials``-th exhaustion. The states are kept in memory (the code saves them to disk); the run's
+    ``best.ckpt`` (the lowest validation loss) is what the test uses, as in the code.
+    """
+
+    def __init__(self, monitor: str = "val/loss", mode: str = "min", patience: int = 7, num_trials: int = 2):
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        if patience < 1 or num_trials < 1:
+            raise ValueError("patience and num_trials must be >= 1")
+        self.monitor, self.mode, self.patience, self.num_trials = monitor, mode, patience, num_trials
+        self.best: Optional[float] = None
+        self.wait = 0
+        self.trials = 0
+        self._best_model: Optional[dict] = None
+        self._best_optim: Optional[list] = None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+            return
+        value = float(trainer.callback_metrics[self.monitor])
+        improved = self.best is None or (value < self.best if self.mode == "min" else value > self.best)
+        if improved:
+            self.best, self.wait = value, 0
+            self._best_model = copy.deepcopy(pl_module.state_dict())
+            self._best_optim = [copy.deepcopy(o.state_dict()) for o in trainer.optimizers]
+            return
+        self.wait += 1
+        if self.wait < self.patience:
+            return
+        self.trials += 1
+        if self.trials >= self.num_trials:
+            trainer.should_stop = True
+            return
+        pl_module.load_state_dict(self._best_model)
+        for optimizer, state in zip(trainer.optimizers, self._best_optim):
+            optimizer.load_state_dict(copy.deepcopy(state))
+        self.wait = 0
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "wait": self.wait, "trials": self.trials}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best, self.wait, self.trials = state_dict["best"], state_dict["wait"], state_dict["trials"]

@@ -79,3 +79,32 @@ def test_learning_on_the_standin_beats_the_prior(tmp_path):
     assert losses[-5:].mean() < 0.7 * losses[:5].mean()
     assert results["test/acc"] > results["test/acc_prior"] + 0.3, (results, logged)
     assert 0 < results["test/weighted_f1"] <= 1
+
+
+class _FakeTrainer:
+    def __init__(self, optimizer):
+        self.sanity_checking, self.should_stop = False, False
+        self.callback_metrics, self.optimizers = {}, [optimizer]
+
+
+def test_patience_restarts_reload_best_then_stop():
+    from lightning_modules.contl import PatienceRestarts
+    net = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.Adam(net.parameters())
+    trainer = _FakeTrainer(optimizer)
+    callback = PatienceRestarts(patience=2, num_trials=2)
+    losses = [1.0, 0.5, 0.6, 0.7]  # best at epoch 1, patience exhausted at epoch 3 -> reload
+    for epoch, loss in enumerate(losses):
+        trainer.callback_metrics["val/loss"] = torch.tensor(loss)
+        callback.on_validation_end(trainer, net)
+        if epoch == 1:
+            best_weight = net.weight.detach().clone()
+        with torch.no_grad():
+            net.weight.add_(1.0)  # "training" moves the weights
+    # after epoch 3 the best weights came back (then the loop added 1 once more)
+    torch.testing.assert_close(net.weight.detach(), best_weight + 1.0)
+    assert callback.trials == 1 and not trainer.should_stop and callback.wait == 0
+    for loss in (0.8, 0.9):
+        trainer.callback_metrics["val/loss"] = torch.tensor(loss)
+        callback.on_validation_end(trainer, net)
+    assert trainer.should_stop and callback.trials == 2
