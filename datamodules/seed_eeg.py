@@ -122,19 +122,20 @@ class EEGFeatureDataModule(BaseDataModule):
     n_trials: int = 0
     default_train_trials: tuple[int, ...] = ()
     default_test_trials: tuple[int, ...] = ()
+    splits: tuple[str, ...] = ("trial", "loso")
 
     def __init__(self, data_dir: str = "", feature: str = "de_LDS", sample_rate: float = 200.0,
                  window_s: float = 1.0, de_method: Literal["stft", "bandpass"] = "stft", lds: bool = False,
                  subject: Optional[Union[int, str]] = None, sessions: Optional[list[int]] = None,
-                 split: Literal["trial", "loso"] = "trial", fold: int = 0,
+                 split: str = "trial", fold: int = 0,
                  train_trials: Optional[list[int]] = None, test_trials: Optional[list[int]] = None,
                  val_fraction: float = 0.3, val_seed: int = 7, normalization: Literal["band", "none"] = "band",
                  resize_to: Optional[int] = None, shuffle_train: bool = False, batch_size: int = 128,
                  num_workers: int = 0, pin_memory: Optional[bool] = None, eval_batch_size: Optional[int] = None):
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
                          eval_batch_size=eval_batch_size)
-        if split not in ("trial", "loso"):
-            raise ValueError(f"split must be 'trial' or 'loso', got {split!r}")
+        if split not in self.splits:
+            raise ValueError(f"split must be one of {self.splits}, got {split!r}")
         if normalization not in ("band", "none"):
             raise ValueError(f"normalization must be 'band' or 'none', got {normalization!r}")
         if not 0 <= val_fraction < 1:
@@ -178,19 +179,7 @@ class EEGFeatureDataModule(BaseDataModule):
         self.subjects = subjects
         if self.sessions is not None:
             trials = [t for t in trials if t.session in self.sessions]
-        if self.split == "trial":
-            if self.subject is not None:
-                if self.subject not in subjects:
-                    raise self.error(f"Subject {self.subject!r} not in the data (subjects: {subjects})", self.data_dir)
-                trials = [t for t in trials if t.subject == self.subject]
-            train = [t for t in trials if t.trial in self.train_trials]
-            test = [t for t in trials if t.trial in self.test_trials]
-        else:
-            if not 0 <= self.fold < len(subjects):
-                raise ValueError(f"fold {self.fold} out of range for {len(subjects)} subjects")
-            held_out = subjects[self.fold]
-            train = [t for t in trials if t.subject != held_out]
-            test = [t for t in trials if t.subject == held_out]
+        train, test = self.split_trials(trials, subjects)
         if not train or not test:
             raise self.error(f"The {self.split} split left an empty train or test set "
                              f"({len(train)} / {len(test)} trials)", self.data_dir)
@@ -213,6 +202,23 @@ class EEGFeatureDataModule(BaseDataModule):
                                      g_va if len(y_va) else g_tr, n_va if len(y_va) else n_tr)
         self.test_set = self._dataset(x_te, y_te, g_te, n_te)
         self._train_labels = y_tr
+
+    def split_trials(self, trials: list[EEGTrial], subjects: list[str]) -> tuple[list[EEGTrial], list[EEGTrial]]:
+        """(train, test) trials of ``split``: by trial number within ``subject`` (``trial``) or one subject out."""
+        if self.split == "loso":
+            if not 0 <= self.fold < len(subjects):
+                raise ValueError(f"fold {self.fold} out of range for {len(subjects)} subjects")
+            held_out = subjects[self.fold]
+            return [t for t in trials if t.subject != held_out], [t for t in trials if t.subject == held_out]
+        trials = self.subject_trials(trials, subjects)
+        return [t for t in trials if t.trial in self.train_trials], [t for t in trials if t.trial in self.test_trials]
+
+    def subject_trials(self, trials: list[EEGTrial], subjects: list[str]) -> list[EEGTrial]:
+        if self.subject is None:
+            return trials
+        if self.subject not in subjects:
+            raise self.error(f"Subject {self.subject!r} not in the data (subjects: {subjects})", self.data_dir)
+        return [t for t in trials if t.subject == self.subject]
 
     def _stack(self, trials: Sequence[EEGTrial], index: dict[str, int]):
         xs, ys, gs, names = [], [], [], []

@@ -246,3 +246,41 @@ def test_standin_band_pattern_depends_on_class():
     assert by_class[2][24:36, 3].mean() > max(by_class[c][24:36, 3].mean() for c in (0, 1, 3)) + 0.1
     assert by_class[0][0:12, 2].mean() > max(by_class[c][0:12, 2].mean() for c in (1, 2, 3)) + 0.1
     assert by_class[1][12:24, 2].mean() < min(by_class[c][12:24, 2].mean() for c in (0, 2, 3)) - 0.1
+
+
+# -- DEAP fixture -----------------------------------------------------------------------------------
+def test_deap_bins():
+    from datamodules.deap import bin_ratings, k_class_bins
+    np.testing.assert_array_equal(bin_ratings([1, 2.99, 3.0, 5.99, 6.0, 9.0], [1, 3, 6, 9]), [0, 0, 1, 1, 2, 2])
+    assert k_class_bins(3) == [1.0, 3.0, 6.0, 9.0]
+
+
+def test_deap_layout_de_and_split(tmp_path):
+    import pickle
+    from datamodules.deap import DEAPDataModule
+    folder = tmp_path / "data_preprocessed_python"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for s in (1, 2):
+        ratings = np.tile([[2.0, 8.0, 5, 5], [4.0, 2.0, 5, 5], [7.0, 4.0, 5, 5]], (4, 1))  # 12 trials, 4 per class
+        record = {"data": rng.standard_normal((12, 40, 128 * 8)).astype(np.float32), "labels": ratings}
+        with open(folder / f"s{s:02d}.dat", "wb") as file:
+            pickle.dump(record, file)
+    dm = DEAPDataModule(data_dir=str(tmp_path), label_dim=0, subject=2, drop_baseline_s=3, normalization="none")
+    dm.setup("fit")
+    assert dm.num_classes == 3 and dm.test_set.x.shape[1:] == (310,)
+    n_test_trials = len({n.rsplit("_w", 1)[0] for n in dm.test_set.names})
+    assert n_test_trials == 4 and len(dm.test_set) == 4 * 5  # 30 % of 12 trials, 8 - 3 = 5 windows each
+    assert sorted(np.bincount(dm.test_set.y.numpy()) // 5) == [1, 1, 2]  # stratified
+    with open(folder / "s02.dat", "rb") as file:
+        record = pickle.load(file, encoding="latin1")
+    name = dm.test_set.names[0]
+    trial, window = int(name.split("_t")[1].split("_w")[0]), int(name.rsplit("_w", 1)[1])
+    de = differential_entropy(record["data"][trial - 1, :32, 384:], 128.0)  # (32, 5, 5)
+    np.testing.assert_allclose(dm.test_set.x.numpy()[0], np.resize(de[:, window].reshape(-1), 310), rtol=1e-5)
+    dm = DEAPDataModule(data_dir=str(tmp_path), label_dim=1, split="loso", fold=0)
+    dm.setup("fit")
+    assert set(dm.test_set.groups.tolist()) == {0} and len(dm.test_set) == 12 * 5
+    (folder / "s01.dat").write_bytes(b"\x00garbage")
+    with pytest.raises(DatasetError, match="s01.dat"):
+        DEAPDataModule(data_dir=str(tmp_path), split="loso").setup("fit")
