@@ -1,0 +1,93 @@
+"""PA-HAR's datasets: UCI-HAR read from a tiny fixture tree in its released text layout, its errors, and the
+synthetic IMU stand-in."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from datamodules.base import DatasetError
+from datamodules.standins.synthetic_imu import SyntheticIMUDataModule
+from datamodules.uci_har import ACTIVITIES, SIGNALS, UCIHARDataModule
+from lightning_modules.batch import GROUP, LABEL, SIGNAL
+
+
+def write_uci_har(root: Path, sizes=(("train", 12, (1, 3, 5)), ("test", 6, (2, 4))), seed=0) -> dict:
+    """``root/UCI HAR Dataset`` with random windows; returns the arrays written, per part."""
+    rng = np.random.default_rng(seed)
+    base = root / "UCI HAR Dataset"
+    base.mkdir(parents=True)
+    (base / "activity_labels.txt").write_text("".join(f"{i + 1} {name}\n" for i, name in enumerate(ACTIVITIES)))
+    written = {}
+    for part, count, subjects in sizes:
+        folder = base / part / "Inertial Signals"
+        folder.mkdir(parents=True)
+        labels = (np.arange(count) % 6) + 1
+        subject = np.array([subjects[i % len(subjects)] for i in range(count)])
+        np.savetxt(base / part / f"y_{part}.txt", labels, fmt="%d")
+        np.savetxt(base / part / f"subject_{part}.txt", subject, fmt="%d")
+        signals = {}
+        for name in SIGNALS:
+            values = rng.normal(size=(count, 128)).astype(np.float32)
+            np.savetxt(folder / f"{name}_{part}.txt", values, fmt="%15.7e")  # the release: "  2.5717778e-001 ..."
+            signals[name] = values
+        written[part] = (labels, subject, signals)
+    return written
+
+
+def test_uci_har_reads_the_released_layout(tmp_path):
+    written = write_uci_har(tmp_path)
+    dm = UCIHARDataModule(str(tmp_path), val_fraction=0.0, normalization="none", batch_size=4)
+    dm.setup("fit")
+    assert len(dm.recordings) == 18 and dm.length == 128 and dm.num_classes == 6 and dm.num_channels == 9
+    test_labels, test_subjects, test_signals = written["test"]
+    # the predefined split is the released one: test windows are the test files' rows, in order
+    assert len(dm.test_set) == 6 and set(dm.window_subject[dm.split_indices["test"]]) == {"subject02", "subject04"}
+    item = dm.test_set[1]
+    assert item[SIGNAL].shape == (128, 9)  # time x sensor channels, the signal image
+    np.testing.assert_allclose(item[SIGNAL][:, 3].numpy(), test_signals["body_gyro_x"][1], rtol=1e-6)
+    assert item[LABEL].item() == test_labels[1] - 1
+    assert dm.group_names[item[GROUP].item()] == f"subject{test_subjects[1]:02d}"
+    assert dm.class_counts == [2] * 6
+    # the data folder itself works too, and channel subsets
+    sub = UCIHARDataModule(str(tmp_path / "UCI HAR Dataset"), signals=["total_acc_x", "total_acc_y", "total_acc_z"])
+    sub.setup("fit")
+    assert sub.train_set[0][SIGNAL].shape == (128, 3)
+    # a random window split over both parts (as some papers do)
+    rnd = UCIHARDataModule(str(tmp_path), split="random", test_size=0.3, val_fraction=0.0)
+    rnd.setup("fit")
+    assert len(rnd.split_indices["test"]) + len(rnd.split_indices["train"]) == 18
+
+
+def test_uci_har_errors_name_the_file_layout_and_standin(tmp_path):
+    with pytest.raises(DatasetError, match="dataset folder not found"):
+        UCIHARDataModule(str(tmp_path / "nowhere")).setup("fit")
+    write_uci_har(tmp_path)
+    gyro = tmp_path / "UCI HAR Dataset" / "test" / "Inertial Signals" / "body_gyro_z_test.txt"
+    gyro.unlink()
+    with pytest.raises(DatasetError) as error:
+        UCIHARDataModule(str(tmp_path)).setup("fit")
+    message = str(error.value)
+    assert "body_gyro_z_test.txt" in message and "Inertial Signals" in message and "pa_har_demo.yaml" in message
+    gyro.write_text("1.0 2.0\n")  # a truncated window
+    with pytest.raises(DatasetError, match="128 columns"):
+        UCIHARDataModule(str(tmp_path)).setup("fit")
+    gyro.write_text("\n".join(" ".join(["x"] * 128) for _ in range(6)))
+    with pytest.raises(DatasetError, match="body_gyro_z_test"):
+        UCIHARDataModule(str(tmp_path)).setup("fit")
+
+
+def test_synthetic_imu_standin():
+    dm = SyntheticIMUDataModule(test_size=0.2, val_fraction=0.0)
+    dm.setup("fit")
+    assert len(dm.split_indices["train"]) == 1200 and len(dm.split_indices["test"]) == 300  # the card's sizes
+    assert dm.train_set[0][SIGNAL].shape == (128, 9)
+    again = SyntheticIMUDataModule(test_size=0.2, val_fraction=0.0)
+    again.setup("fit")
+    np.testing.assert_array_equal(dm.data.numpy(), again.data.numpy())
+    # classes 4 and 5 differ only in the inter-sensor phase lag: same per-channel power spectrum shape
+    rec4 = next(r for r in dm.recordings if r.label == 4 and r.subject == "subject0")
+    rec5 = next(r for r in dm.recordings if r.label == 5 and r.subject == "subject0")
+    assert abs(rec4.signal.std(0).mean() - rec5.signal.std(0).mean()) < 0.15
+    subject = SyntheticIMUDataModule(split="loso", fold=2)
+    subject.setup("fit")
+    assert set(subject.window_subject[subject.split_indices["test"]]) == {"subject2"}
