@@ -91,3 +91,28 @@ def test_synthetic_imu_standin():
     subject = SyntheticIMUDataModule(split="loso", fold=2)
     subject.setup("fit")
     assert set(subject.window_subject[subject.split_indices["test"]]) == {"subject2"}
+
+
+def test_unimib_shar_reads_the_released_mat_files(tmp_path):
+    from scipy.io import savemat
+
+    from datamodules.unimib_shar import UniMiBSHARDataModule
+
+    rng = np.random.default_rng(0)
+    n = 34
+    data = rng.normal(size=(n, 453))
+    labels = np.stack([np.arange(n) % 17 + 1, np.arange(n) % 5 + 1, np.ones(n)], axis=1)
+    (tmp_path / "UniMiB-SHAR" / "data").mkdir(parents=True)
+    savemat(tmp_path / "UniMiB-SHAR" / "data" / "acc_data.mat", {"acc_data": data})
+    savemat(tmp_path / "UniMiB-SHAR" / "data" / "acc_labels.mat", {"acc_labels": labels})
+    dm = UniMiBSHARDataModule(str(tmp_path), normalization="none", val_fraction=0.0, test_size=0.5)
+    dm.setup("fit")
+    assert dm.num_classes == 17 and dm.length == 151 and len(dm.window_starts) == n
+    index = int(dm.split_indices["test"][0])
+    item = dm.test_set[0]
+    # columns 0-150 are x, 151-301 y, 302-452 z
+    np.testing.assert_allclose(item[SIGNAL].numpy(), data[index].reshape(3, 151).T, rtol=1e-6)
+    assert item[LABEL].item() == labels[index, 0] - 1
+    savemat(tmp_path / "UniMiB-SHAR" / "data" / "acc_labels.mat", {"wrong": labels})
+    with pytest.raises(DatasetError, match="acc_labels"):
+        UniMiBSHARDataModule(str(tmp_path)).setup("fit")
