@@ -116,3 +116,36 @@ def test_unimib_shar_reads_the_released_mat_files(tmp_path):
     savemat(tmp_path / "UniMiB-SHAR" / "data" / "acc_labels.mat", {"wrong": labels})
     with pytest.raises(DatasetError, match="acc_labels"):
         UniMiBSHARDataModule(str(tmp_path)).setup("fit")
+
+
+def test_mhealth_reads_the_released_logs_and_windows_them(tmp_path):
+    from datamodules.mhealth import MHEALTHDataModule
+
+    folder = tmp_path / "MHEALTHDATASET"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    logs = {}
+    for subject in (1, 2, 10):
+        labels = np.repeat([0, 1, 4, 0, 11], 60)  # 300 samples, activity segments of 60
+        signals = rng.normal(size=(300, 23))
+        np.savetxt(folder / f"mHealth_subject{subject}.log", np.column_stack([signals, labels]), fmt="%.6f",
+                   delimiter="\t")
+        logs[subject] = (signals, labels)
+    dm = MHEALTHDataModule(str(tmp_path), normalization="none", val_fraction=0.0, split="loso", fold=0)
+    dm.setup("fit")
+    assert dm.num_classes == 13 and dm.num_channels == 23 and dm.length == 100
+    assert len(dm.window_starts) == 3 * 5  # (300 - 100) / 50 + 1 windows per subject
+    assert set(dm.window_subject[dm.split_indices["test"]]) == {"subject1"}
+    # window at offset 50 covers samples 50-149: labels 0 (10), 1 (60), 4 (30) -> majority 1
+    index = int(np.flatnonzero((dm.window_subject == "subject1") & (dm.window_offsets == 50))[0])
+    assert dm.window_labels[index] == 1
+    np.testing.assert_allclose(dm.data[dm.window_starts[index]:dm.window_starts[index] + 100].numpy(),
+                               logs[1][0][50:150], atol=1e-5)
+    no_null = MHEALTHDataModule(str(folder), keep_null=False, drop_mixed_windows=True, channels=["ecg_1", "ecg_2"],
+                                window_length=30, window_step=30, split="subject", test_subjects=["subject10"])
+    no_null.setup("fit")
+    assert no_null.num_classes == 12 and no_null.num_channels == 2
+    assert sorted(set(no_null.window_labels.tolist())) == [0, 3, 10] and len(no_null.window_starts) == 3 * 6
+    (folder / "mHealth_subject2.log").write_text("1.0\t2.0\n")
+    with pytest.raises(DatasetError, match="mHealth_subject2.log"):
+        MHEALTHDataModule(str(tmp_path)).setup("fit")
