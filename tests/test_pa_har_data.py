@@ -149,3 +149,33 @@ def test_mhealth_reads_the_released_logs_and_windows_them(tmp_path):
     (folder / "mHealth_subject2.log").write_text("1.0\t2.0\n")
     with pytest.raises(DatasetError, match="mHealth_subject2.log"):
         MHEALTHDataModule(str(tmp_path)).setup("fit")
+
+
+def test_pamap2_reads_the_protocol_logs_interpolates_and_picks_imus(tmp_path):
+    from datamodules.pamap2 import PAMAP2DataModule
+
+    protocol = tmp_path / "PAMAP2_Dataset" / "Protocol"
+    protocol.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for subject in (101, 102, 103):
+        rows = 171 * 4
+        table = rng.normal(size=(rows, 54))
+        table[:, 0] = np.arange(rows) / 100
+        table[:, 1] = np.repeat([0, 1, 24, 9], 171)  # transient, lying, rope jumping, an optional activity (dropped)
+        table[::11, 2] = np.nan  # heart rate mostly missing
+        table[5, 4] = np.nan  # a dropped hand packet, interpolated
+        np.savetxt(protocol / f"subject{subject}.dat", table, fmt="%.6f")
+    table[5, 4] = (table[4, 4] + table[6, 4]) / 2
+    dm = PAMAP2DataModule(str(tmp_path), normalization="none", val_fraction=0.0, split="loso", fold=2)
+    dm.setup("fit")
+    assert dm.num_classes == 12 and dm.num_channels == 27 and dm.length == 171
+    assert sorted(set(dm.window_labels.tolist())) == [0, 11] and len(dm.window_starts) == 3 * 2
+    last = dm.recordings[-1]
+    np.testing.assert_allclose(last.signal[:, 0], table[:, 4], atol=1e-5)  # hand acc16g x, NaN interpolated
+    hand = PAMAP2DataModule(str(tmp_path / "PAMAP2_Dataset"), imus=["ankle"], acc6g=True)
+    hand.setup("fit")
+    assert hand.num_channels == 12
+    np.testing.assert_allclose(hand.recordings[-1].signal[:, 3], table[:, 41], atol=1e-5)  # ankle acc6g x
+    (protocol / "subject102.dat").write_text("1 2 3\n")
+    with pytest.raises(DatasetError, match="subject102.dat"):
+        PAMAP2DataModule(str(tmp_path)).setup("fit")
