@@ -179,3 +179,19 @@ def test_pamap2_reads_the_protocol_logs_interpolates_and_picks_imus(tmp_path):
     (protocol / "subject102.dat").write_text("1 2 3\n")
     with pytest.raises(DatasetError, match="subject102.dat"):
         PAMAP2DataModule(str(tmp_path)).setup("fit")
+
+
+def test_uci_har_paper_config_trains_a_step_on_the_fixture(tmp_path):
+    """experiments/pa_har/uci_har.yaml as written (full-width network), one step on the fixture tree, then test."""
+    import json
+
+    import run
+
+    write_uci_har(tmp_path / "data")
+    run.main(["--config", str(Path(run.__file__).parent / "experiments" / "pa_har" / "uci_har.yaml"),
+              "--data.data_dir", str(tmp_path / "data"), "--data.num_workers", "0", "--data.val_fraction", "0.2",
+              "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.accelerator", "cpu",
+              "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+              "--runs_dir", str(tmp_path / "runs"), "--run_id", "a"])
+    results = json.loads((tmp_path / "runs" / "pa_har_uci_har" / "a" / "results.json").read_text())
+    assert results["paper"]["test/acc"] == 0.976 and 0 <= results["test/acc"] <= 1 and "test/macro_f1" in results
