@@ -12,7 +12,7 @@ PA (Eqs. 1-7): ``Out = act(Scale_1 + Scale_2 + Z)`` with ``Scale_1 = BN(Conv1x1(
 
 ``pa_branches`` keeps a subset of the three branches (Table 3: ``[sse]`` = "+SSE", ``[scale1, scale2]`` =
 "+Multi Scale"), ``pa_act`` is SiLU or ReLU (Table 4), ``positions`` the residual blocks followed by the attention
-(Fig. 5: 1, 2, 3). ``attention`` swaps PA for the Fig. 7 comparison blocks (SE, CBAM, NAM) or none (the ResNet
+(Fig. 5: 1, 2, 3). ``attention`` swaps PA for the Fig. 7 comparison blocks (SE, CBAM, EPSA, NAM) or none (the ResNet
 baseline of Fig. 3). The paper gives no backbone sizes: ``backbone: resnet`` is the card's choice (channels
 64/128/256, kernels (3,1), stride (2,1)); ``zhang_resnet`` the public HAR-ResNet of ref. [7]'s group (kernels
 (6,1), stride (3,1), 128/256/384).
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-Attention = Literal["pa", "none", "se", "cbam", "nam"]
+Attention = Literal["pa", "none", "se", "cbam", "epsa", "nam"]
 Branch = Literal["scale1", "scale2", "sse"]
 
 BACKBONES = {  # channels, kernel of conv_a, stride, padding, shortcut kernel
@@ -119,6 +119,35 @@ class CBAMBlock(nn.Module):
         return x * torch.sigmoid(self.spatial(maps))
 
 
+class EPSABlock(nn.Module):
+    """EPSANet's PSA module (Zhang et al. 2021): four parallel convs (kernels 3/5/7/9, groups 1/4/8/16 as far as the
+    widths allow) each to C/4 channels, a shared SE (``se_fc1``/``se_fc2``) per branch, softmax over the branches,
+    branch features re-weighted and concatenated back to C channels."""
+
+    def __init__(self, channels: int, kernels: Sequence[int] = (3, 5, 7, 9), groups: Sequence[int] = (1, 4, 8, 16),
+                 reduction: int = 16):
+        super().__init__()
+        import math
+
+        if channels % len(kernels):
+            raise ValueError(f"EPSA needs channels divisible by {len(kernels)}, got {channels}")
+        split = channels // len(kernels)
+        self.split = split
+        self.convs = nn.ModuleList(
+            nn.Conv2d(channels, split, k, padding=k // 2, groups=math.gcd(g, split), bias=False)
+            for k, g in zip(kernels, groups))
+        hidden = max(1, split // reduction)
+        self.se_fc1 = nn.Conv2d(split, hidden, 1)
+        self.se_fc2 = nn.Conv2d(hidden, split, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = torch.stack([conv(x) for conv in self.convs], dim=1)  # (B, S, C/S, H, W)
+        pooled = feats.mean(dim=(3, 4), keepdim=True).flatten(0, 1)  # (B*S, C/S, 1, 1)
+        weights = self.se_fc2(F.relu(self.se_fc1(pooled))).view(*feats.shape[:3], 1, 1)
+        weights = torch.softmax(weights, dim=1)  # EPSANet: softmax across the branches
+        return (feats * weights).flatten(1, 2)
+
+
 class NAMBlock(nn.Module):
     """NAM channel attention (Liu et al. 2021): BN's |gamma| share as channel weights,
     ``x * sigmoid(w * BN(x))``, w_c = |gamma_c| / sum |gamma|."""
@@ -159,7 +188,7 @@ class PAHAR(nn.Module):
         num_classes: activities K.
         backbone: "resnet" (card: 64/128/256, (3,1)/2) or "zhang_resnet" ((6,1)/3, 128/256/384).
         channels, kernel, stride: override the backbone preset's per-block channels, conv_a kernel, stride.
-        attention: "pa" (PA-HAR), "none" (ResNet baseline), "se", "cbam" or "nam" (Fig. 7 comparisons).
+        attention: "pa" (PA-HAR), "none" (ResNet baseline), "se", "cbam", "epsa" or "nam" (Fig. 7 comparisons).
         positions: 1-based residual blocks followed by the attention block (Fig. 5; default all three).
         sse_mode, pa_act, pa_branches: the PA block's SSE form, activation and branches (module docstring).
         head: "gap" (global average pooling -> Linear) or "flatten_fc" (flatten the last map -> Linear; needs
@@ -182,8 +211,8 @@ class PAHAR(nn.Module):
         channels = list(channels or preset["channels"])
         kernel = kernel or preset["kernel"]
         stride = stride or preset["stride"]
-        if attention not in ("pa", "none", "se", "cbam", "nam"):
-            raise ValueError(f"attention must be pa, none, se, cbam or nam; got {attention!r}")
+        if attention not in ("pa", "none", "se", "cbam", "epsa", "nam"):
+            raise ValueError(f"attention must be pa, none, se, cbam, epsa or nam; got {attention!r}")
         if not set(positions) <= set(range(1, len(channels) + 1)):
             raise ValueError(f"positions must be among 1..{len(channels)}, got {list(positions)}")
         self.attention_kind, self.positions = attention, tuple(positions)
@@ -222,6 +251,8 @@ class PAHAR(nn.Module):
             return CBAMBlock(channels)
         if kind == "nam":
             return NAMBlock(channels)
+        if kind == "epsa":
+            return EPSABlock(channels)
         return nn.Identity()
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

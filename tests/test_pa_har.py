@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import run
-from lightning_modules.pa_har import PAHAR, CBAMBlock, NAMBlock, ParallelAttention, SEBlock, SkipSqueezeExcitation
+from lightning_modules.pa_har import PAHAR, CBAMBlock, EPSABlock, NAMBlock, ParallelAttention, SEBlock, SkipSqueezeExcitation
 from lightning_modules.utils import count_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +72,7 @@ def test_parallel_attention_parameter_count(mode, extra):
 
 
 @pytest.mark.parametrize("kwargs", [dict(), dict(attention="none"), dict(attention="se"), dict(attention="cbam"),
-                                    dict(attention="nam"), dict(sse_mode="vector", pa_act="relu"),
+                                    dict(attention="epsa"), dict(attention="nam"), dict(sse_mode="vector", pa_act="relu"),
                                     dict(backbone="zhang_resnet"), dict(positions=[3]),
                                     dict(head="flatten_fc", input_shape=[128, 9])])
 def test_network_shapes_and_gradients(kwargs):
@@ -100,8 +100,23 @@ def test_backbone_parameter_counts():
     assert count_parameters(pa) - count_parameters(baseline) == sum(11 * c * c + 7 * c for c in (64, 128, 256))
     assert count_parameters(PAHAR(num_classes=6, backbone="zhang_resnet")) > count_parameters(pa)
     # blocks keep the shape
-    for block in (SEBlock(64), CBAMBlock(64), NAMBlock(64)):
+    for block in (SEBlock(64), CBAMBlock(64), EPSABlock(64), NAMBlock(64)):
         assert block(torch.randn(2, 64, 8, 9)).shape == (2, 64, 8, 9)
+
+
+def test_epsa_weights_are_a_softmax_over_the_branches():
+    """Zeroing the convs of branches 2-4 leaves their outputs zero and scales branch 1's features by its softmax
+    weight, strictly between 0 and 1."""
+    block = EPSABlock(16).eval()
+    with torch.no_grad():
+        for conv in block.convs[1:]:
+            conv.weight.zero_()
+        x = torch.randn(2, 16, 6, 5)
+        out = block(x).view(2, 4, 4, 6, 5)
+        first = block.convs[0](x)
+        ratio = out[:, 0] / first
+        assert torch.all(ratio > 0) and torch.all(ratio < 1)
+        torch.testing.assert_close(out[:, 1:], torch.zeros_like(out[:, 1:]))
 
 
 def test_demo_learns_and_beats_the_prior(tmp_path):
