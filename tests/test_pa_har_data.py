@@ -195,3 +195,32 @@ def test_uci_har_paper_config_trains_a_step_on_the_fixture(tmp_path):
               "--runs_dir", str(tmp_path / "runs"), "--run_id", "a"])
     results = json.loads((tmp_path / "runs" / "pa_har_uci_har" / "a" / "results.json").read_text())
     assert results["paper"]["test/acc"] == 0.976 and 0 <= results["test/acc"] <= 1 and "test/macro_f1" in results
+
+
+def test_usc_had_reads_the_released_mat_files(tmp_path):
+    from scipy.io import savemat
+
+    from datamodules.usc_had import USCHADDataModule
+
+    rng = np.random.default_rng(0)
+    written = {}
+    for subject in (1, 2):
+        folder = tmp_path / "USC-HAD" / f"Subject{subject}"
+        folder.mkdir(parents=True)
+        for activity in (1, 12):
+            for trial in (1, 2):
+                values = rng.normal(size=(1024, 6))
+                savemat(folder / f"a{activity}t{trial}.mat", {"sensor_readings": values, "activity_number": str(activity)})
+                written[(subject, activity, trial)] = values
+    dm = USCHADDataModule(str(tmp_path), normalization="none", val_fraction=0.0, split="trial", test_trials=["2"])
+    dm.setup("fit")
+    assert dm.num_classes == 12 and dm.num_channels == 6 and dm.length == 512
+    assert len(dm.window_starts) == 8 * 3  # (1024 - 512) / 256 + 1 windows per trial
+    assert sorted(set(dm.window_labels.tolist())) == [0, 11]
+    index = int(np.flatnonzero((dm.window_subject == "Subject2") & (dm.window_trial == "1")
+                               & (dm.window_labels == 11) & (dm.window_offsets == 256))[0])
+    np.testing.assert_allclose(dm.data[dm.window_starts[index]:dm.window_starts[index] + 512].numpy(),
+                               written[(2, 12, 1)][256:768], rtol=1e-6)
+    savemat(tmp_path / "USC-HAD" / "Subject2" / "a1t1.mat", {"other": np.zeros((4, 6))})
+    with pytest.raises(DatasetError, match="sensor_readings"):
+        USCHADDataModule(str(tmp_path)).setup("fit")
