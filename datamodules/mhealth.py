@@ -10,7 +10,6 @@ majority sample label (``label_mode``).
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 
