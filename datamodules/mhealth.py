@@ -10,7 +10,6 @@ majority sample label (``label_mode``).
 """
 from __future__ import annotations
 
-
 import numpy as np
 
 from datamodules.timeseries import Recording, TimeSeriesDataModule
