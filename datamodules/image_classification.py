@@ -6,7 +6,9 @@ A dataset module only lists its items from its on-disk layout (``list_items`` ->
 this module does the rest:
 
 - reading (PIL, grey or RGB; 16-bit and float files scaled to 0-255) with errors that name the file;
-- a per-item ``preprocess`` hook (edge maps, cue removal ...) applied once and cached with ``preload``;
+- a per-item ``preprocess`` hook (edge maps, cue removal ...) applied once and cached with ``preload``; it may
+  return ``(image, mask)`` (a uint8 (H, W) lesion/ROI mask), which then follows the image through every
+  geometric transform and is in the batch as ``mask`` (B, 1, H, W) float 0/1;
 - albumentations pipelines: resize to ``image_size`` -> the paper's augmentation (train only) ->
   normalisation (ImageNet mean/std or [0, 1]), seeded from torch's process seed (reproducible runs);
 - deterministic splits: stratified hold-out, hold-out grouped by patient/section, stratified k-fold,
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Callable, Literal, Optional, Sequence, Union
 
 import albumentations as A
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
@@ -37,7 +40,7 @@ from datamodules.seeded_transform import SeededTransform
 from datamodules.segmentation import (AUGMENTATIONS, IMAGE_EXTENSIONS, build_transform, list_images, read_image,
                                       resolve_augmentation)
 from datamodules.splits import group_kfold_split, holdout_split, kfold_split
-from lightning_modules.batch import GROUP, IMAGE, LABEL, NAME
+from lightning_modules.batch import GROUP, IMAGE, LABEL, MASK, NAME
 
 Split = Literal["stratified", "group", "kfold", "group_kfold", "predefined"]
 
@@ -70,9 +73,11 @@ class ClassificationItem:
 
 
 class ImageClassificationDataset(Dataset):
-    """Items -> batch dicts through ``load`` (uint8 H x W x C, preprocessed) and an albumentations pipeline."""
+    """Items -> batch dicts through ``load`` (uint8 H x W x C, preprocessed; or ``(image, mask)``: the mask is
+    transformed with the image and returned as ``mask``) and an albumentations pipeline."""
 
-    def __init__(self, items: Sequence[ClassificationItem], load: Callable[[int], np.ndarray], transform: A.Compose,
+    def __init__(self, items: Sequence[ClassificationItem], load: Callable[[int], Union[np.ndarray, tuple]],
+                 transform: A.Compose,
                  group_index: dict[str, int]):
         self.items = list(items)
         self.load = load
@@ -84,11 +89,20 @@ class ImageClassificationDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         item = self.items[index]
-        image = self.transform(image=self.load(index))["image"]
+        loaded = self.load(index)
+        mask = None
+        if isinstance(loaded, tuple):
+            out = self.transform(image=loaded[0], mask=loaded[1])
+            image, mask = out["image"], out["mask"]
+        else:
+            image = self.transform(image=loaded)["image"]
         image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
-        return {IMAGE: image, LABEL: torch.tensor(item.label, dtype=torch.long),
-                GROUP: torch.tensor(self.group_index.get(item.group, -1), dtype=torch.long),
-                NAME: item.name or f"item{index}"}
+        batch = {IMAGE: image, LABEL: torch.tensor(item.label, dtype=torch.long),
+                 GROUP: torch.tensor(self.group_index.get(item.group, -1), dtype=torch.long),
+                 NAME: item.name or f"item{index}"}
+        if mask is not None:
+            batch[MASK] = torch.from_numpy(np.ascontiguousarray(mask > 0)).float()[None]
+        return batch
 
 
 class ImageClassificationDataModule(BaseDataModule):
@@ -169,8 +183,9 @@ class ImageClassificationDataModule(BaseDataModule):
             return image
         return read_image(item.source, self.channels, lambda problem, path: self.error(problem, path))
 
-    def preprocess(self, image: np.ndarray, item: ClassificationItem) -> np.ndarray:
-        """A per-item transform applied once before the (random) transforms, cached with ``preload``."""
+    def preprocess(self, image: np.ndarray, item: ClassificationItem) -> Union[np.ndarray, tuple]:
+        """A per-item transform applied once before the (random) transforms, cached with ``preload``. It may
+        return ``(image, mask)`` with a uint8 (H, W) mask, which the batch then carries as ``mask``."""
         return image
 
     # ---- errors and layout helpers ----
@@ -254,7 +269,7 @@ class ImageClassificationDataModule(BaseDataModule):
         return np.bincount(labels, minlength=len(self.classes) or (max(labels) + 1)).tolist()
 
     # ---- datasets ----
-    def _load_uncached(self, item: ClassificationItem) -> np.ndarray:
+    def _load_uncached(self, item: ClassificationItem) -> Union[np.ndarray, tuple]:
         return self.preprocess(self.read_image(item), item)
 
     def make_dataset(self, items: Sequence[ClassificationItem], train: bool) -> ImageClassificationDataset:
@@ -263,10 +278,14 @@ class ImageClassificationDataModule(BaseDataModule):
         augmentation = resolve_augmentation(self.augmentation) if train else []
         transform = build_transform(self.image_size, self.channels, self.normalization, augmentation)
         if self.preload:
-            resize = A.Resize(*self.image_size)
+            resize = A.Resize(*self.image_size, mask_interpolation=cv2.INTER_NEAREST)
 
             def decode(item):  # PIL/OpenCV release the GIL: threads decode in parallel
-                return resize(image=self._load_uncached(item))["image"]
+                loaded = self._load_uncached(item)
+                if isinstance(loaded, tuple):
+                    out = resize(image=loaded[0], mask=loaded[1])
+                    return out["image"], out["mask"]
+                return resize(image=loaded)["image"]
 
             with ThreadPoolExecutor(max(1, self.num_workers)) as pool:
                 cache = list(pool.map(decode, items))

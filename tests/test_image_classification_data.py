@@ -96,3 +96,31 @@ def test_kfold_splits_cover_everything_once(split):
         dm.setup()
         tests += dm.split_indices["test"]
     assert sorted(tests) == list(range(40))
+
+
+class _MaskedFolder(ImageFolderDataModule):
+    """preprocess returns (image, mask): a mask of the left half, which must follow the flips."""
+
+    def preprocess(self, image, item):
+        mask = np.zeros(image.shape[:2], np.uint8)
+        mask[:, : image.shape[1] // 2] = 1
+        image = image.copy()
+        image[mask > 0] = 255
+        return image, mask
+
+
+@pytest.mark.parametrize("preload", [True, False])
+def test_preprocess_may_return_a_mask_that_follows_the_transforms(tmp_path, preload):
+    write_folder_tree(tmp_path, per_class=4, size=(20, 20))
+    dm = _MaskedFolder(str(tmp_path), classes=["a", "b"], image_size=16, normalization="unit", augmentation="hflip",
+                       val_fraction=0, test_size=0.5, num_workers=0, batch_size=8, preload=preload)
+    dm.setup()
+    torch.manual_seed(0)
+    train = next(iter(dm.train_dataloader()))
+    assert (train["mask"][:, 0, 0, -1] == 1).any()  # some training images were flipped, with their masks
+    for batch in (train, next(iter(dm.test_dataloader()))):
+        mask = batch["mask"]
+        assert mask.shape == (batch["image"].shape[0], 1, 16, 16) and mask.dtype == torch.float32
+        assert set(mask.unique().tolist()) == {0.0, 1.0} and float(mask.mean()) == 0.5
+        # the white pixels are exactly the mask's (flipped together in the training batch)
+        assert torch.equal((batch["image"].min(dim=1, keepdim=True).values == 1.0).float(), mask)
