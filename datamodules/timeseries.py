@@ -18,7 +18,9 @@ this module does the rest, once, in ``setup``:
   seeded ``test_size`` fraction of the subjects held out), ``subject_kfold`` (k-fold over subjects,
   ``splits.group_kfold_split``), ``loso`` (leave-one-subject-out: ``fold`` k holds out the k-th subject in sorted
   order, ``splits.leave_one_group_out``), ``trial`` (``test_trials`` held out, e.g. SEED's last 6 of 15
-  trials), ``predefined`` (each recording's ``partition``, "train"/"test": the dataset's own split).
+  trials), ``group`` (the recordings' ``split_key`` value, "subject", "trial" or a key of ``Recording.extra`` such
+  as the stimulus: ``test_groups`` or a seeded ``test_size`` fraction of the values held out, so no value is on
+  both sides), ``predefined`` (each recording's ``partition``, "train"/"test": the dataset's own split).
   ``subjects`` keeps only the recordings of those subjects (subject-dependent protocols: one model per subject).
   A ``val_fraction`` of the training part becomes the validation set: by subject for the subject splits (when
   the training part has >= 2 subjects), by window otherwise (``val_by`` overrides); ``val_fraction: 0``
@@ -47,7 +49,7 @@ from datamodules.base import BaseDataModule, DatasetError
 from datamodules.splits import group_kfold_split, holdout_split, kfold_split, leave_one_group_out
 from lightning_modules.batch import GROUP, LABEL, NAME, SIGNAL
 
-Split = Literal["random", "kfold", "subject", "subject_kfold", "loso", "trial", "predefined"]
+Split = Literal["random", "kfold", "subject", "subject_kfold", "loso", "trial", "group", "predefined"]
 LabelMode = Literal["majority", "last", "centre"]
 Normalization = Literal["zscore", "recording", "none"]
 SignalLayout = Literal["channels_first", "time_first"]
@@ -139,6 +141,8 @@ class TimeSeriesDataModule(BaseDataModule):
         normalization: "zscore" (training statistics per channel), "recording" (per recording) or "none".
         signal_layout: batch ``signal`` as (C, T) ("channels_first") or (T, C) ("time_first").
         split, test_size, test_subjects, test_trials, folds, fold: the test split (module docstring).
+        split_key, test_groups: ``split: group``'s recording key ("subject", "trial" or a key of ``extra``) and
+            its held-out values (None: a seeded ``test_size`` fraction of them).
         subjects: keep only these subjects' recordings (None: all).
         val_fraction: fraction of the training part used for validation (0: validate on the test set).
         val_by: "window" or "subject" (None: by subject for subject splits, else by window).
@@ -161,14 +165,16 @@ class TimeSeriesDataModule(BaseDataModule):
                  subjects: Optional[list[str]] = None, val_fraction: float = 0.1,
                  val_by: Optional[Literal["window", "subject"]] = None, split_seed: int = 0,
                  group_by: GroupBy = "subject", batch_size: int = 64, num_workers: int = 0,
-                 pin_memory: Optional[bool] = None, eval_batch_size: Optional[int] = None):
+                 pin_memory: Optional[bool] = None, eval_batch_size: Optional[int] = None,
+                 split_key: str = "subject", test_groups: Optional[list[str]] = None):
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
                          eval_batch_size=eval_batch_size)
         checks = {"window_unit": (window_unit, ("samples", "seconds")),
                   "label_mode": (label_mode, ("majority", "last", "centre")),
                   "normalization": (normalization, ("zscore", "recording", "none")),
                   "signal_layout": (signal_layout, ("channels_first", "time_first")),
-                  "split": (split, ("random", "kfold", "subject", "subject_kfold", "loso", "trial", "predefined")),
+                  "split": (split, ("random", "kfold", "subject", "subject_kfold", "loso", "trial", "group",
+                                    "predefined")),
                   "group_by": (group_by, ("subject", "recording", "trial")),
                   "val_by": (val_by, (None, "window", "subject"))}
         for name, (value, allowed) in checks.items():
@@ -197,6 +203,8 @@ class TimeSeriesDataModule(BaseDataModule):
         self.test_subjects = None if test_subjects is None else [str(s) for s in test_subjects]
         self.test_trials = None if test_trials is None else [str(t) for t in test_trials]
         self.subjects = None if subjects is None else [str(s) for s in subjects]
+        self.split_key = split_key
+        self.test_groups = None if test_groups is None else [str(g) for g in test_groups]
         self.val_fraction, self.val_by, self.split_seed, self.group_by = val_fraction, val_by, split_seed, group_by
         self.recordings: list[Recording] = []
 
@@ -314,19 +322,39 @@ class TimeSeriesDataModule(BaseDataModule):
 
     def _subject_holdout(self, indices: np.ndarray, fraction: float,
                          held_out: Optional[Sequence[str]] = None) -> tuple[np.ndarray, np.ndarray]:
-        subjects = self.window_subject[indices]
-        unique = sorted(set(subjects))
+        return self._group_holdout(indices, fraction, self.window_subject, held_out, "subject")
+
+    def _group_holdout(self, indices: np.ndarray, fraction: float, keys: np.ndarray,
+                       held_out: Optional[Sequence[str]] = None, what: str = "group") -> tuple[np.ndarray, np.ndarray]:
+        """(kept, held out) windows of ``indices``: every window whose ``keys`` value is held out (``held_out``,
+        or a seeded ``fraction`` of the values among ``indices``, at least one, never all)."""
+        values = keys[indices]
+        unique = sorted(set(values))
         if held_out is None:
             if len(unique) < 2:
-                raise self.error(f"a subject split needs at least 2 subjects, found {len(unique)}", self.data_dir)
+                raise self.error(f"a {what} split needs at least 2 {what} values, found {len(unique)}", self.data_dir)
             count = min(len(unique) - 1, max(1, int(round(fraction * len(unique)))))
             order = np.random.default_rng(self.split_seed).permutation(len(unique))
             held_out = [unique[i] for i in order[:count]]
         missing = sorted(set(held_out) - set(unique))
         if missing:
-            raise self.error(f"held-out subjects {missing} not among the subjects {unique}", self.data_dir)
-        mask = np.isin(subjects, list(held_out))
+            raise self.error(f"held-out {what} values {missing} not among {unique}", self.data_dir)
+        mask = np.isin(values, list(held_out))
         return indices[~mask], indices[mask]
+
+    def recording_key(self, key: str) -> np.ndarray:
+        """Per window: its recording's ``key`` ("subject", "trial", "name" or a key of ``Recording.extra``), as str."""
+        if key in ("subject", "trial"):
+            return self.window_subject if key == "subject" else self.window_trial
+        if key == "name":
+            per_recording = self.recording_names
+        else:
+            absent = [r.name for r in self.recordings if key not in r.extra]
+            if absent:
+                raise self.error(f"split_key {key!r}: recordings {absent[:3]} have no such key (subject, trial, name "
+                                 f"or a key of Recording.extra)", self.data_dir)
+            per_recording = [str(r.extra[key]) for r in self.recordings]
+        return np.array(per_recording, dtype=object)[self.window_recording]
 
     def make_splits(self) -> dict[str, np.ndarray]:
         """{"train", "val", "test"}: sorted window indices (override for a dataset's own protocol)."""
@@ -354,6 +382,9 @@ class TimeSeriesDataModule(BaseDataModule):
                 raise self.error(f"no window in test_trials {self.test_trials} (trials: "
                                  f"{sorted(set(self.window_trial))})", self.data_dir)
             train, test = everything[~mask], everything[mask]
+        elif self.split == "group":
+            train, test = self._group_holdout(everything, self.test_size, self.recording_key(self.split_key),
+                                              self.test_groups, self.split_key)
         else:
             partition = np.array([r.partition for r in self.recordings])[self.window_recording]
             if not set(partition) <= {"train", "test"}:
