@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from datamodules.timeseries import Recording, TimeSeriesDataModule
+from datamodules.uci_har import fill_gaps, read_matrix
 
 ACTIVITY_IDS = (1, 2, 3, 4, 5, 6, 7, 12, 13, 16, 17, 24)
 ACTIVITIES = ("lying", "sitting", "standing", "walking", "running", "cycling", "nordic_walking", "ascending_stairs",
@@ -64,22 +65,15 @@ class PAMAP2DataModule(TimeSeriesDataModule):
         self.imus, self.acc6g = list(imus), acc6g
         self.columns = [c for imu in self.imus for c in imu_columns(imu, acc6g)]
 
-    def _read(self, path) -> np.ndarray:
-        import pandas as pd
-
-        try:
-            frame = pd.read_csv(path, sep=r"\s+", header=None, dtype=np.float64, engine="c")
-        except Exception as error:  # noqa: BLE001
-            raise self.error(f"unreadable numeric text file ({type(error).__name__}: {error})", path) from error
-        if frame.shape[1] != COLUMNS or len(frame) == 0:
-            raise self.error(f"expected {COLUMNS} columns per row, got shape {frame.shape}", path)
-        signals = frame.iloc[:, self.columns].interpolate(limit_direction="both")
-        if signals.isna().any().any():
+    def _read(self, path) -> tuple[np.ndarray, np.ndarray]:
+        table = read_matrix(path, COLUMNS, self.layout, self.standin_config, allow_missing=True)
+        signals, empty = fill_gaps(table[:, self.columns])
+        if empty.any():
             raise self.error("a channel has no valid value at all", path)
-        labels = frame.iloc[:, 1].to_numpy()
+        labels = table[:, 1]
         if np.isnan(labels).any():
             raise self.error("activityID (column 2) has missing values", path)
-        return signals.to_numpy(np.float32), labels.astype(np.int64)
+        return signals.astype(np.float32), labels.astype(np.int64)
 
     def list_recordings(self) -> list[Recording]:
         root = self.data_dir / "PAMAP2_Dataset" if (self.data_dir / "PAMAP2_Dataset").is_dir() else self.data_dir

@@ -33,23 +33,39 @@ LAYOUT = """\
   test/                             the same with _test"""
 
 
-def read_matrix(path: Path, columns: int | None, layout: str, standin: str) -> np.ndarray:
-    """A whitespace-separated numeric text file as a 2D float array (columns checked when given)."""
+def read_matrix(path: Path, columns: int | None, layout: str, standin: str, sep: str = r"\s+",
+                allow_missing: bool = False) -> np.ndarray:
+    """A numeric text file (whitespace-separated, or ``sep``) as a 2D float array (columns checked when given).
+
+    ``allow_missing``: NaN cells (``NaN`` in the file, dropped sensor packets) are returned as NaN instead of
+    raising; the caller fills them (``fill_gaps``).
+    """
     if not path.is_file():
         raise DatasetError("file not found", path=path, layout=layout, standin_config=standin)
     try:
         import pandas as pd
 
-        values = pd.read_csv(path, sep=r"\s+", header=None, dtype=np.float64, engine="c").to_numpy()
+        values = pd.read_csv(path, sep=sep, header=None, dtype=np.float64, engine="c").to_numpy()
     except Exception as error:  # noqa: BLE001 (pandas raises many types on corrupt text)
         raise DatasetError(f"unreadable numeric text file ({type(error).__name__}: {error})", path=path,
                            layout=layout, standin_config=standin) from error
     if values.size == 0 or (columns is not None and values.shape[1] != columns):
         raise DatasetError(f"expected {columns} columns per row, got array of shape {values.shape}", path=path,
                            layout=layout, standin_config=standin)
-    if not np.isfinite(values).all():
+    bad = np.isinf(values) if allow_missing else ~np.isfinite(values)
+    if bad.any():
         raise DatasetError("non-numeric or missing values", path=path, layout=layout, standin_config=standin)
     return values
+
+
+def fill_gaps(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """NaN samples of each column linearly interpolated in time (nearest value before the first / after the last
+    valid sample); columns with no valid sample at all are set to 0. Returns (filled, all-missing column mask)."""
+    import pandas as pd
+
+    frame = pd.DataFrame(values).interpolate(limit_direction="both")
+    empty = frame.isna().all(axis=0).to_numpy()
+    return frame.fillna(0.0).to_numpy(values.dtype), empty
 
 
 class UCIHARDataModule(TimeSeriesDataModule):

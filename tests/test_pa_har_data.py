@@ -224,3 +224,153 @@ def test_usc_had_reads_the_released_mat_files(tmp_path):
     savemat(tmp_path / "USC-HAD" / "Subject2" / "a1t1.mat", {"other": np.zeros((4, 6))})
     with pytest.raises(DatasetError, match="sensor_readings"):
         USCHADDataModule(str(tmp_path)).setup("fit")
+
+
+def write_opportunity(root: Path, seed: int = 0) -> dict:
+    """OpportunityUCIDataset/dataset/S<k>-{ADL<r>,Drill}.dat: 250 space-separated columns, NaN for lost samples."""
+    from datamodules.opportunity import GESTURE_CODES
+
+    folder = root / "OpportunityUCIDataset" / "dataset"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    written = {}
+    for name in ("S1-ADL1", "S1-Drill", "S2-ADL4", "S3-ADL1"):
+        rows = 64 * 5
+        table = rng.normal(size=(rows, 250)).round(4)
+        table[:, 0] = np.arange(rows) * 33
+        table[:, 243:] = 0
+        # ML_Both_Arms (column 250): Null, open door 1, Null, toggle switch, drink from cup
+        table[:, 249] = np.repeat([0, GESTURE_CODES[0], 0, GESTURE_CODES[16], GESTURE_CODES[15]], 64)
+        table[:, 243] = np.repeat([1, 2, 4, 5, 1], 64)  # Locomotion
+        table[10, 1] = np.nan  # a lost sample of a selected channel (column 2), interpolated
+        table[:, 46] = np.nan  # the back IMU's quaternion (column 47), not selected
+        table[:, 200] = np.nan  # an ambient sensor, not selected
+        if name == "S3-ADL1":
+            table[:, 5] = np.nan  # a selected channel (column 6) lost for the whole run: 0, with a warning
+        written[name] = table.copy()
+        text = "\n".join(" ".join("NaN" if np.isnan(v) else f"{v:g}" for v in row) for row in table)
+        (folder / f"{name}.dat").write_text(text + "\n")
+    (folder / "label_legend.txt").write_text("0   -   ML_Both_Arms   -   Null\n")
+    return written
+
+
+def test_opportunity_reads_the_released_runs_113_channels_17_gestures(tmp_path):
+    from datamodules.opportunity import CHALLENGE_113, OpportunityDataModule
+
+    written = write_opportunity(tmp_path)
+    assert len(CHALLENGE_113) == 113
+    dm = OpportunityDataModule(str(tmp_path), normalization="none", val_fraction=0.0, split="trial",
+                               test_trials=["S2-ADL4"])
+    with pytest.warns(UserWarning, match=r"S3-ADL1.dat: sensor columns \[6\] have no valid sample"):
+        dm.setup("fit")
+    assert (dm.recordings[3].signal[:, 4] == 0).all()
+    assert dm.num_classes == 17 and dm.num_channels == 113 and dm.length == 64 and dm.sample_rate == 30
+    assert [r.name for r in dm.recordings] == ["S1-ADL1", "S1-Drill", "S2-ADL4", "S3-ADL1"]
+    assert dm.recordings[2].subject == "S2"
+    # windows of 64 every 32 over 320 samples: 9 per run; those with a Null majority are dropped. Starts 0 and
+    # 128 are all Null, 32/96/160 half Null (a tie goes to the smaller label, Null = -1); kept: 64 (door, 0),
+    # 192 (toggle switch, 16), 224 (half toggle, half drink: the tie goes to drink, 15), 256 (drink, 15).
+    run = dm.window_recording == 0
+    assert dm.window_offsets[run].tolist() == [64, 192, 224, 256]
+    assert dm.window_labels[run].tolist() == [0, 16, 15, 15]
+    assert set(dm.window_trial[dm.split_indices["test"]]) == {"S2-ADL4"}
+    signal = dm.recordings[0].signal
+    table = written["S1-ADL1"]
+    expected = table[:, np.asarray(CHALLENGE_113) - 1].copy()
+    expected[10, 0] = (table[9, 1] + table[11, 1]) / 2
+    np.testing.assert_allclose(signal, expected, atol=1e-4)
+    loco = OpportunityDataModule(str(tmp_path / "OpportunityUCIDataset"), task="locomotion", include_drill=False,
+                                 sensor_columns=[38, 39, 40], window_length=64, window_step=64)
+    loco.setup("fit")
+    assert loco.num_classes == 4 and loco.num_channels == 3 and len(loco.recordings) == 3
+    assert loco.window_labels[loco.window_recording == 0].tolist() == [0, 1, 2, 3, 0]
+
+
+def test_opportunity_errors_name_the_file_layout_and_standin(tmp_path):
+    from datamodules.opportunity import OpportunityDataModule
+
+    with pytest.raises(DatasetError, match="S<subject>-ADL") as error:
+        OpportunityDataModule(str(tmp_path)).setup("fit")
+    assert "OpportunityUCIDataset" in str(error.value) and "pa_har_demo.yaml" in str(error.value)
+    folder = tmp_path / "OpportunityUCIDataset" / "dataset"
+    folder.mkdir(parents=True)
+    (folder / "S1-ADL1.dat").write_text("0 1 2\n33 1 2\n")
+    with pytest.raises(DatasetError, match="S1-ADL1.dat"):
+        OpportunityDataModule(str(tmp_path)).setup("fit")
+    table = np.zeros((70, 250))
+    table[:, 249] = 123456  # not an ML_Both_Arms code
+    np.savetxt(folder / "S1-ADL1.dat", table, fmt="%g")
+    with pytest.raises(DatasetError, match="unknown gestures label codes"):
+        OpportunityDataModule(str(tmp_path)).setup("fit")
+
+
+def write_dsads(root: Path, activities=range(1, 10), subjects=(1, 2, 3), segments=2, seed=0) -> dict:
+    """data/a<NN>/p<k>/s<NN>.txt: 125 rows x 45 comma-separated columns."""
+    rng = np.random.default_rng(seed)
+    written = {}
+    for a in activities:
+        for p in subjects:
+            folder = root / "data" / f"a{a:02d}" / f"p{p}"
+            folder.mkdir(parents=True)
+            for s in range(1, segments + 1):
+                values = rng.normal(size=(125, 45)).round(5)
+                np.savetxt(folder / f"s{s:02d}.txt", values, fmt="%.5f", delimiter=",")
+                written[(a, p, s)] = values
+    return written
+
+
+def test_dsads_reads_the_released_segments_one_window_each(tmp_path):
+    from datamodules.dsads import CHANNELS, DSADSDataModule
+
+    written = write_dsads(tmp_path)
+    dm = DSADSDataModule(str(tmp_path), normalization="none", val_fraction=0.0, split="loso", fold=1)
+    dm.setup("fit")
+    assert dm.num_classes == 9 and dm.num_channels == 45 and dm.length == 125 and dm.sample_rate == 25
+    assert len(dm.window_starts) == 9 * 3 * 2 and set(dm.window_subject[dm.split_indices["test"]]) == {"p2"}
+    index = int(np.flatnonzero(np.array([r.name for r in dm.recordings]) == "a05_p3_s02")[0])
+    assert dm.window_labels[index] == 4
+    np.testing.assert_allclose(dm.data[dm.window_starts[index]:dm.window_starts[index] + 125].numpy(),
+                               written[(5, 3, 2)], atol=1e-6)
+    legs = DSADSDataModule(str(tmp_path / "data"), activities=["a09", "a01"], units=["RL", "LL"])
+    legs.setup("fit")
+    assert legs.classes == ("walking_in_parking_lot", "sitting") and legs.num_channels == 18
+    np.testing.assert_allclose(legs.recordings[0].signal[:, 0], written[(9, 1, 1)][:, CHANNELS.index("RL_accx")],
+                               atol=1e-6)
+
+
+def test_dsads_errors_name_the_file_layout_and_standin(tmp_path):
+    from datamodules.dsads import DSADSDataModule
+
+    write_dsads(tmp_path, activities=(1, 2), subjects=(1,), segments=1)
+    with pytest.raises(DatasetError, match="a03") as error:
+        DSADSDataModule(str(tmp_path)).setup("fit")  # the default 9 activities need a01-a09
+    assert "s01.txt ... s60.txt" in str(error.value) and "pa_har_demo.yaml" in str(error.value)
+    path = tmp_path / "data" / "a02" / "p1" / "s01.txt"
+    np.savetxt(path, np.zeros((100, 45)), delimiter=",")
+    with pytest.raises(DatasetError, match="125 rows"):
+        DSADSDataModule(str(tmp_path), activities=["a01", "a02"]).setup("fit")
+    path.write_text("1,2,x\n")
+    with pytest.raises(DatasetError, match=r"a02/p1/s01.txt"):
+        DSADSDataModule(str(tmp_path), activities=["a01", "a02"]).setup("fit")
+
+
+def test_opportunity_paper_config_trains_a_step_on_the_fixture(tmp_path):
+    """experiments/pa_har/opportunity.yaml (113 channels, 17 classes as written; a narrow backbone): a step, then test.
+
+    (DSADS's config is the same network on 45 channels and 9 classes; tests/test_configs.py builds it.)"""
+    import json
+
+    import run
+
+    write_opportunity(tmp_path / "data")
+    run.main(["--config", str(Path(run.__file__).parent / "experiments" / "pa_har" / "opportunity.yaml"),
+              "--data.data_dir", str(tmp_path / "data"), "--data.num_workers", "0",
+              "--data.split", "trial", "--data.test_trials", "[S2-ADL4]",  # the fixture has 3 of the 17 gestures
+              "--model.init_args.network.init_args.channels", "[8, 8, 8]",
+              "--data.batch_size", "8", "--trainer.max_epochs", "1", "--trainer.max_steps", "1",
+              "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1", "--trainer.accelerator", "cpu",
+              "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+              "--runs_dir", str(tmp_path / "runs"), "--run_id", "a"])
+    results = json.loads((tmp_path / "runs" / "pa_har_opportunity" / "a" / "results.json").read_text())
+    assert results["paper"]["test/acc"] == 0.912 and 0 <= results["test/acc"] <= 1
+    assert "test/recall/toggle_switch" in results
