@@ -33,7 +33,8 @@ class MaskPNGWriter(_RunFolderWriter):
     """``<run folder>/<folder>/<name>.png``, one 8-bit PNG per predicted mask.
 
     The prediction is ``{"mask": (B, 1, H, W) integer labels, "name": [B names]}``; pixel values are
-    ``label * scale`` (binary masks: ``scale=255`` gives 0/255; class labels: ``scale=1``).
+    ``label * scale`` (binary masks: ``scale=255`` gives 0/255; class labels: ``scale=1``). Volumes,
+    (B, 1, H, W, D), are written as ``<name>.nii.gz`` (uint8 labels, unscaled, identity affine).
     """
 
     def __init__(self, folder: str = "predictions", scale: int = 1):
@@ -45,6 +46,13 @@ class MaskPNGWriter(_RunFolderWriter):
         from PIL import Image
 
         masks = prediction[MASK][:, 0].to(torch.uint8).cpu().numpy()
+        os.makedirs(self.output_dir(trainer), exist_ok=True)
+        if masks.ndim == 4:  # volumes
+            import nibabel as nib
+
+            for name, mask in zip(prediction[NAME], masks):
+                nib.save(nib.Nifti1Image(mask, np.eye(4)), os.path.join(self.output_dir(trainer), f"{name}.nii.gz"))
+            return
         if self.scale != 1:
             masks = masks * np.uint8(self.scale)
         os.makedirs(self.output_dir(trainer), exist_ok=True)

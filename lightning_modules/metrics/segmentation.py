@@ -1,6 +1,7 @@
-"""Overlap metrics for 2D segmentation: Dice, IoU, sensitivity, precision, specificity.
+"""Segmentation metrics, 2D or 3D: Dice, IoU, sensitivity, precision, specificity, and the 95th-percentile
+Hausdorff distance (MONAI).
 
-Pixel counts (TP, FP, TN, FN) are taken per image and per foreground class, and reduced with
+Pixel (voxel) counts (TP, FP, TN, FN) are taken per image and per foreground class, and reduced with
 torchmetrics states. Two aggregations:
 
 - ``micro``: counts summed over the whole dataset, then one ratio per class (torchmetrics'
@@ -17,9 +18,10 @@ correctly across DDP processes.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
@@ -28,7 +30,7 @@ Aggregation = Literal["micro", "per_image"]
 
 
 def hard_prediction(logits: torch.Tensor, num_classes: int = 1, threshold: float = 0.5) -> torch.Tensor:
-    """(B, 1, H, W) long: sigmoid(logits) > threshold (binary) or the argmax class (multi-class)."""
+    """(B, 1, *S) long: sigmoid(logits) > threshold (binary) or the argmax class (multi-class)."""
     if num_classes == 1:
         return (torch.sigmoid(logits.float()) > threshold).long()
     return logits.argmax(dim=1, keepdim=True)
@@ -37,7 +39,7 @@ def hard_prediction(logits: torch.Tensor, num_classes: int = 1, threshold: float
 def stat_scores_per_image(prediction: torch.Tensor, target: torch.Tensor, num_classes: int = 1) -> torch.Tensor:
     """(B, K, 4) counts [TP, FP, TN, FN] per image and foreground class (K = 1 for binary).
 
-    ``prediction`` and ``target`` are (B, 1, H, W) hard labels (0/1 for binary). (torchmetrics'
+    ``prediction`` and ``target`` are (B, 1, *S) hard labels (0/1 for binary). (torchmetrics'
     ``binary_stat_scores(multidim_average="samplewise")`` gives the same but fails on a batch of one.)
     """
     batch = prediction.shape[0]
@@ -73,7 +75,7 @@ def ratios_from_counts(stats: torch.Tensor) -> dict[str, torch.Tensor]:
 class SegmentationMetrics(Metric):
     """Dice, IoU, sensitivity, precision and specificity over a dataset (see the module docstring).
 
-    ``update(prediction, target)`` takes hard (B, 1, H, W) label maps (see ``hard_prediction``);
+    ``update(prediction, target)`` takes hard (B, 1, *S) label maps (see ``hard_prediction``);
     ``compute()`` returns a dict of scalars, ``per_image_values()`` the (N,) values per image (mean over
     foreground classes) for standard deviations and box plots.
     """
@@ -102,11 +104,68 @@ class SegmentationMetrics(Metric):
             return self._local_per_image_values()
 
     def _local_per_image_values(self) -> dict[str, torch.Tensor]:
-        empty = isinstance(self.image_counts, list) and not self.image_counts
-        counts = self.counts.new_zeros(0, *self.counts.shape) if empty else dim_zero_cat(self.image_counts)
+        counts = self._local_image_counts()
         return {name: value.mean(-1).float() for name, value in ratios_from_counts(counts).items()}
+
+    def per_image_class_values(self) -> dict[str, torch.Tensor]:
+        """(N, K-1) values per image and foreground class (K-1 = 1 for binary), gathered over processes."""
+        with self.sync_context(dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync and not self._is_synced):
+            return {name: value.float() for name, value in ratios_from_counts(self._local_image_counts()).items()}
+
+    def _local_image_counts(self) -> torch.Tensor:
+        empty = isinstance(self.image_counts, list) and not self.image_counts
+        return self.counts.new_zeros(0, *self.counts.shape) if empty else dim_zero_cat(self.image_counts)
+
+    def compute_per_class(self) -> dict[str, torch.Tensor]:
+        """(K-1,) values per foreground class under the module's aggregation (``compute`` is their mean)."""
+        if self.aggregation == "micro":
+            return {name: value.float() for name, value in ratios_from_counts(self.counts).items()}
+        return {name: value.mean(0) for name, value in self.per_image_class_values().items()}
 
     def compute(self) -> dict[str, torch.Tensor]:
         if self.aggregation == "micro":
             return {name: value.mean().float() for name, value in ratios_from_counts(self.counts).items()}
         return {name: value.mean() for name, value in self._local_per_image_values().items()}
+
+
+class HausdorffDistance95(Metric):
+    """95th-percentile symmetric Hausdorff distance per image and foreground class (MONAI's
+    ``compute_hausdorff_distance(percentile=95)`` on the one-hot label maps), in units of ``spacing``.
+
+    ``update(prediction, target)`` takes hard (B, 1, *S) label maps; ``per_image_class_values()`` gives
+    (N, K-1) distances, NaN where the class is absent from the prediction or the ground truth (MONAI's rule);
+    ``compute()`` the NaN-ignoring mean over images and classes.
+    """
+
+    full_state_update = False
+    higher_is_better = False
+
+    def __init__(self, num_classes: int = 1, spacing: Optional[Sequence[float]] = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.spacing = None if spacing is None else [float(s) for s in spacing]
+        self.add_state("values", default=[], dist_reduce_fx="cat")
+
+    def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
+        import warnings
+
+        from monai.metrics import compute_hausdorff_distance
+
+        classes = max(2, self.num_classes)
+        one_hot = [F.one_hot(x[:, 0].long(), classes).movedim(-1, 1) for x in (prediction, target)]
+        with warnings.catch_warnings():  # MONAI warns on every empty class (the value is NaN) and on a deprecation
+            warnings.simplefilter("ignore")
+            distance = compute_hausdorff_distance(*one_hot, include_background=False, percentile=95,
+                                                  spacing=self.spacing)
+        distance = distance.float().to(prediction.device)
+        self.values.append(torch.where(torch.isinf(distance), torch.full_like(distance, float("nan")), distance))
+
+    def per_image_class_values(self) -> torch.Tensor:
+        with self.sync_context(dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync and not self._is_synced):
+            if isinstance(self.values, list) and not self.values:
+                return torch.zeros(0, max(1, self.num_classes - 1))
+            return dim_zero_cat(self.values)
+
+    def compute(self) -> torch.Tensor:
+        values = self.per_image_class_values()
+        return values.nanmean() if values.numel() else torch.tensor(float("nan"))

@@ -1,30 +1,57 @@
-"""2D semantic segmentation (binary or multi-class): the task family of SACA-UNet, UNet-GCN, SFRSeg-Net, ...
+"""Semantic segmentation, 2D or 3D, binary or multi-class: the task family of SACA-UNet, UNet-GCN, SFRSeg-Net,
+SMDGC, ...
 
-Batches are dicts (lightning_modules/batch.py) with the image (B, C, H, W) float under ``input_key``
-(``image``), the mask (B, 1, H, W) (float 0/1 for binary, long labels for multi-class) under ``target_key``
-(``mask``) and optionally ``name`` (list of file stems, used by ``predict``).
-A network maps the image to logits (B, K, H, W), K = 1 for binary; it may return a list/tuple of
+Batches are dicts (lightning_modules/batch.py) with the image (B, C, *S) float under ``input_key``
+(``image``), the mask (B, 1, *S) (float 0/1 for binary, long labels for multi-class) under ``target_key``
+(``mask``) and optionally ``name`` (list of file stems, used by ``predict``); *S is (H, W) or (H, W, D).
+A network maps the image to logits (B, K, *S), K = 1 for binary; it may return a list/tuple of
 logits (main output first, then side outputs for deep supervision, possibly at lower resolution).
 
+Volumes larger than the training patch are inferred by sliding windows (``roi_size``: MONAI's
+``SlidingWindowInferer``, Gaussian-weighted overlaps). Test-time post-processing (``postprocessing``: e.g.
+SMDGC's graph cuts) refines each test sample's class probabilities on the CPU; every post-processor's
+prediction is scored like the network's, under ``test/<name>/...``, with its wall time per sample.
+
 ``python run.py predict`` writes each predicted mask as ``<run folder>/predictions/<name>.png`` (binary:
-0/255; multi-class: the labels) through ``callbacks.MaskPNGWriter``.
+0/255; multi-class: the labels; volumes: ``<name>.nii.gz``) through ``callbacks.MaskPNGWriter``.
 """
 from __future__ import annotations
 
-from typing import Literal, Optional, Sequence
+import time
+from typing import Any, Literal, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
-from torchmetrics import MeanMetric, Metric
+from torchmetrics import CatMetric, MeanMetric, Metric
 
 from lightning_modules import batch as keys
 from lightning_modules.callbacks import MaskPNGWriter, default_writer
 from lightning_modules.losses.segmentation import SegmentationLoss
-from lightning_modules.metrics.segmentation import METRIC_NAMES, SegmentationMetrics, hard_prediction
+from lightning_modules.metrics.segmentation import (METRIC_NAMES, HausdorffDistance95, SegmentationMetrics,
+                                                    hard_prediction)
 from lightning_modules.tasks.base import BaseTask
+
+
+class SegmentationPostprocessor:
+    """Test-time refinement of one sample's prediction (numpy, CPU), e.g. a graph cut on the class probabilities.
+
+    ``__call__(probabilities (K, *S) float32 (softmax; binary: [1 - p, p]), image (C, *S) float32)`` returns
+    the (*S) integer label map, or ``(labels, stats)`` with ``stats`` a dict of floats named in ``stat_names``
+    (logged as ``test/<name>/<stat>`` mean and std). A post-processor with ``requires_fit = True`` gets
+    ``fit(train_loader)`` once before testing (e.g. class intensity models fitted on the training labels).
+    """
+
+    requires_fit: bool = False
+    stat_names: tuple[str, ...] = ()
+
+    def fit(self, loader) -> None:
+        """Fit on the training set's batches (only called when ``requires_fit``)."""
+
+    def __call__(self, probabilities: np.ndarray, image: np.ndarray) -> Any:
+        raise NotImplementedError
 
 
 class SegmentationTask(BaseTask):
@@ -48,9 +75,19 @@ class SegmentationTask(BaseTask):
         loss: ``loss(logits (B, K, H, W), mask (B, 1, H, W)) -> scalar`` in place of the built-in loss, e.g.
             ``monai.losses.DiceCELoss(sigmoid=True)``; None: the built-in from ``bce_weight``/``dice_weight``/
             ``dice_smooth``. ``output_weights`` apply to it alike.
-        metrics: extra torchmetrics, updated with the hard prediction and the mask, both int64 (B, 1, H, W),
+        metrics: extra torchmetrics, updated with the hard prediction and the mask, both int64 (B, 1, *S),
             logged as ``val/<name>`` and ``test/<name>``.
         input_key, target_key: the batch keys of the image and the mask.
+        class_names: multi-class: a name per class (background first); the test logs every metric per
+            foreground class, ``test/<metric>/<class>``, and per-image mean/std ``test/dice_per_image/<class>``.
+        hd95: also the 95th-percentile Hausdorff distance at test (``test/hd95``, per class with ``class_names``).
+        spacing: voxel size for ``hd95`` (``None``: 1 per axis).
+        roi_size: sliding-window inference at validation, test and predict with windows of this size (the
+            training patch) whenever the input's spatial shape differs from it; ``None``: whole inputs.
+        sw_batch_size, sw_overlap, sw_mode: windows per forward pass, their overlap, and how overlapping windows
+            are blended (``gaussian`` or ``constant``), as MONAI's ``SlidingWindowInferer``.
+        postprocessing: ``{name: SegmentationPostprocessor}`` run on each test sample (see that class); each
+            is scored as ``test/<name>/<metric>`` with ``test/<name>/seconds`` (wall time per sample).
     """
 
     monitor = "val/dice"
@@ -65,7 +102,11 @@ class SegmentationTask(BaseTask):
                  lr_scheduler: Optional[LRSchedulerCallable] = None,
                  scheduler_interval: Literal["epoch", "step"] = "epoch", loss: Optional[nn.Module] = None,
                  metrics: Optional[dict[str, Metric]] = None, input_key: str = keys.IMAGE,
-                 target_key: str = keys.MASK):
+                 target_key: str = keys.MASK, class_names: Optional[Sequence[str]] = None, hd95: bool = False,
+                 spacing: Optional[Sequence[float]] = None, roi_size: Optional[Sequence[int]] = None,
+                 sw_batch_size: int = 2, sw_overlap: float = 0.25,
+                 sw_mode: Literal["gaussian", "constant"] = "gaussian",
+                 postprocessing: Optional[dict[str, SegmentationPostprocessor]] = None):
         super().__init__(optimizer=optimizer, lr_scheduler=lr_scheduler, scheduler_interval=scheduler_interval,
                          figure_every_n_epochs=figure_every_n_epochs)
         if monitor_metric not in ("val/loss", *(f"val/{name}" for name in METRIC_NAMES)):
@@ -87,6 +128,23 @@ class SegmentationTask(BaseTask):
         self.test_metrics = SegmentationMetrics(num_classes, metric_aggregation)
         # The trivial baseline every demo must beat: predict background everywhere.
         self.test_metrics_all_background = SegmentationMetrics(num_classes, metric_aggregation)
+        if class_names is not None and len(class_names) != max(2, num_classes):
+            raise ValueError(f"class_names needs {max(2, num_classes)} names (background first), got {list(class_names)}")
+        self.class_names = None if class_names is None else [str(name) for name in class_names]
+        self.roi_size = None if roi_size is None else tuple(int(r) for r in roi_size)
+        self.sw_batch_size, self.sw_overlap, self.sw_mode = sw_batch_size, sw_overlap, sw_mode
+        self.postprocessors = dict(postprocessing or {})
+        for name, postprocessor in self.postprocessors.items():
+            if not isinstance(postprocessor, SegmentationPostprocessor):
+                raise TypeError(f"postprocessing[{name!r}] must be a SegmentationPostprocessor, got {type(postprocessor)}")
+        hd = (lambda: HausdorffDistance95(num_classes, spacing)) if hd95 else None
+        self.test_hd95 = hd() if hd else None
+        self.postprocessed_metrics = nn.ModuleDict({name: SegmentationMetrics(num_classes, metric_aggregation)
+                                                    for name in self.postprocessors})
+        self.postprocessed_hd95 = nn.ModuleDict({name: hd() for name in self.postprocessors} if hd else {})
+        self.postprocessed_stats = nn.ModuleDict({
+            name: nn.ModuleDict({stat: CatMetric() for stat in ("seconds", *postprocessor.stat_names)})
+            for name, postprocessor in self.postprocessors.items()})
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Main logits (B, K, H, W)."""
@@ -99,8 +157,9 @@ class SegmentationTask(BaseTask):
             raise ValueError(f"network returned {len(outputs)} outputs but output_weights has {len(weights)}")
         total, main_terms = 0.0, None
         for weight, logits in zip(weights, outputs):
-            if logits.shape[-2:] != mask.shape[-2:]:  # side outputs at a coarser scale
-                logits = F.interpolate(logits, size=mask.shape[-2:], mode="bilinear", align_corners=False)
+            if logits.shape[2:] != mask.shape[2:]:  # side outputs at a coarser scale
+                mode = "trilinear" if mask.dim() == 5 else "bilinear"
+                logits = F.interpolate(logits, size=mask.shape[2:], mode=mode, align_corners=False)
             terms = self._loss_terms(logits, mask)
             main_terms = main_terms or terms
             total = total + weight * terms["loss"]
@@ -126,14 +185,30 @@ class SegmentationTask(BaseTask):
         return out["loss"]
 
     # -- evaluation ---------------------------------------------------------------------------------
+    def _outputs(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """The network's outputs on whole inputs, or its main output stitched from sliding windows."""
+        if self.roi_size is None or tuple(image.shape[2:]) == self.roi_size:
+            return _as_outputs(self.network(image))
+        from monai.inferers import SlidingWindowInferer
+
+        if len(self.roi_size) != image.dim() - 2:
+            raise ValueError(f"roi_size {self.roi_size} does not match inputs of spatial shape {tuple(image.shape[2:])}")
+        inferer = SlidingWindowInferer(roi_size=self.roi_size, sw_batch_size=self.sw_batch_size,
+                                       overlap=self.sw_overlap, mode=self.sw_mode)
+        return [inferer(image, lambda window: _as_outputs(self.network(window))[0])]
+
     def _predict(self, image: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        outputs = _as_outputs(self.network(image))
+        outputs = self._outputs(image)
         return outputs, hard_prediction(outputs[0], self.num_classes, self.threshold)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         image, mask = self._inputs(batch)
         outputs, prediction = self._predict(image)
-        self.val_loss.update(self.losses(outputs, mask)["loss"], weight=image.shape[0])
+        if len(outputs) == 1 and self.output_weights is not None and len(self.output_weights) > 1:
+            loss = self._loss_terms(outputs[0], mask)["loss"]  # sliding windows stitch the main output only
+        else:
+            loss = self.losses(outputs, mask)["loss"]
+        self.val_loss.update(loss, weight=image.shape[0])
         self.val_metrics.update(prediction, mask)
         self.update_extra_metrics("val", prediction, mask.long())
         if batch_idx == 0 and self.figure_due():
@@ -148,39 +223,103 @@ class SegmentationTask(BaseTask):
         self.val_metrics.reset()
         self.log_extra_metrics("val")
 
+    def on_test_start(self) -> None:
+        to_fit = [p for p in self.postprocessors.values() if p.requires_fit]
+        if to_fit:
+            datamodule = getattr(self.trainer, "datamodule", None)
+            if datamodule is None or getattr(datamodule, "train_set", None) is None:
+                raise RuntimeError("a test-time post-processor fits on the training set, but the datamodule has none")
+            for postprocessor in to_fit:
+                postprocessor.fit(datamodule.train_dataloader())
+
     def test_step(self, batch: dict, batch_idx: int) -> None:
         image, mask = self._inputs(batch)
-        _, prediction = self._predict(image)
+        outputs, prediction = self._predict(image)
         self.test_metrics.update(prediction, mask)
+        if self.test_hd95 is not None:
+            self.test_hd95.update(prediction, mask)
         self.test_metrics_all_background.update(torch.zeros_like(prediction), mask)
         self.update_extra_metrics("test", prediction, mask.long())
+        if self.postprocessors:
+            self._postprocess(outputs[0], image, mask)
         if batch_idx == 0 and self.trainer.is_global_zero:
             self.log_figure("test/overlay", overlay_figure(image, mask, prediction, batch.get(keys.NAME),
                                                            self.num_figure_samples))
 
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, K, *S) class probabilities (binary: [1 - p, p])."""
+        logits = logits.float()
+        if self.num_classes == 1:
+            foreground = torch.sigmoid(logits)
+            return torch.cat([1 - foreground, foreground], dim=1)
+        return torch.softmax(logits, dim=1)
+
+    def _postprocess(self, logits: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> None:
+        probabilities = self.probabilities(logits).cpu().numpy()
+        images = image.detach().float().cpu().numpy()
+        for name, postprocessor in self.postprocessors.items():
+            labels = []
+            for sample_probabilities, sample_image in zip(probabilities, images):
+                start = time.perf_counter()
+                out = postprocessor(sample_probabilities, sample_image)
+                seconds = time.perf_counter() - start
+                sample_labels, stats = out if isinstance(out, tuple) else (out, {})
+                labels.append(torch.as_tensor(np.asarray(sample_labels, dtype=np.int64)))
+                for stat, value in {"seconds": seconds, **stats}.items():
+                    self.postprocessed_stats[name][stat].update(torch.tensor([float(value)], dtype=torch.float64))
+            prediction = torch.stack(labels)[:, None].to(mask.device)
+            self.postprocessed_metrics[name].update(prediction, mask)
+            if name in self.postprocessed_hd95:
+                self.postprocessed_hd95[name].update(prediction, mask)
+
+    def _log_test_metrics(self, prefix: str, metrics: SegmentationMetrics,
+                          hd95: Optional[HausdorffDistance95]) -> torch.Tensor:
+        for name, value in metrics.compute().items():
+            self.log(f"{prefix}/{name}", value)
+        per_image = metrics.per_image_values()
+        # {prefix}/{dice,iou}_per_image (mean over images) and {prefix}/{dice,iou}_per_image_std
+        self.log_mean_std(prefix, {f"{name}_per_image": per_image[name] for name in ("dice", "iou")})
+        classes = self.class_names[1:] if self.class_names and self.num_classes > 1 else None
+        if classes:
+            for name, values in metrics.compute_per_class().items():
+                for class_name, value in zip(classes, values):
+                    self.log(f"{prefix}/{name}/{class_name}", value.float())
+            dice = metrics.per_image_class_values()["dice"]
+            self.log_mean_std(prefix, {f"dice_per_image/{c}": dice[:, i] for i, c in enumerate(classes)})
+        if hd95 is not None:
+            distances = hd95.per_image_class_values()
+            self.log_mean_std(prefix, {"hd95": distances.nanmean(1) if distances.numel() else distances.flatten()})
+            if classes:
+                self.log_mean_std(prefix, {f"hd95/{c}": distances[:, i] for i, c in enumerate(classes)})
+            hd95.reset()
+        metrics.reset()
+        return per_image["dice"]
+
     def on_test_epoch_end(self) -> None:
-        for name, value in self.test_metrics.compute().items():
-            self.log(f"test/{name}", value)
-        per_image = self.test_metrics.per_image_values()
-        # test/{dice,iou}_per_image (mean over images) and test/{dice,iou}_per_image_std
-        self.log_mean_std("test", {f"{name}_per_image": per_image[name] for name in ("dice", "iou")})
+        per_image_dice = self._log_test_metrics("test", self.test_metrics, self.test_hd95)
         baseline = self.test_metrics_all_background.compute()
         self.log("test/dice_all_background", baseline["dice"])
         self.log("test/iou_all_background", baseline["iou"])
-        self.log("test/num_images", float(per_image["dice"].numel()))
-        self.test_metrics.reset()
+        self.log("test/num_images", float(per_image_dice.numel()))
         self.test_metrics_all_background.reset()
+        for name in self.postprocessors:
+            self._log_test_metrics(f"test/{name}", self.postprocessed_metrics[name], self.postprocessed_hd95[name]
+                                   if name in self.postprocessed_hd95 else None)
+            for stat, metric in self.postprocessed_stats[name].items():
+                values = metric.compute() if metric.update_count else torch.zeros(0, dtype=torch.float64)
+                self.log_mean_std(f"test/{name}", {stat: values})
+                metric.reset()
         self.log_extra_metrics("test")
 
     # -- prediction ---------------------------------------------------------------------------------
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        """``{"mask": hard prediction (B, 1, H, W) int64, "name": file stems}`` (the writer saves the PNGs)."""
+        """``{"mask": hard prediction (B, 1, *S) int64, "name": file stems}`` (the writer saves the files)."""
         keys.require(batch, self.input_key, task=type(self).__name__)
         _, prediction = self._predict(batch[self.input_key])
         names = batch.get(keys.NAME) or [f"batch{batch_idx:05d}_{i:03d}" for i in range(len(prediction))]
         return {keys.MASK: prediction, keys.NAME: list(names)}
 
-    def configure_callbacks(self):
+    def configure_callbacks(self):  # 2D masks as PNG, volumes as NIfTI
         return default_writer(self._trainer, MaskPNGWriter("predictions", scale=255 if self.num_classes == 1 else 1))
 
 
@@ -195,14 +334,29 @@ def _display_image(image: torch.Tensor) -> np.ndarray:
     return array[0] if array.shape[0] == 1 else np.moveaxis(array[:3], 0, -1)
 
 
+def central_slices(image: torch.Tensor, mask: torch.Tensor, prediction: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Volumes (B, C, H, W, D) -> the slice along D with the most ground-truth foreground (the middle one when the
+    mask is empty), per sample, as (B, C, H, W); 2D inputs pass through."""
+    if image.dim() != 5:
+        return image, mask, prediction
+    foreground = (mask[:, 0] > 0).flatten(1, 2).sum(1)  # (B, D)
+    index = torch.where(foreground.max(1).values > 0, foreground.argmax(1),
+                        torch.full_like(foreground[:, 0], image.shape[-1] // 2))
+    pick = lambda x: torch.stack([x[i, ..., int(index[i])] for i in range(len(x))])  # noqa: E731
+    return pick(image), pick(mask), pick(prediction)
+
+
 def overlay_figure(image: torch.Tensor, mask: torch.Tensor, prediction: torch.Tensor,
                    names: Optional[Sequence[str]] = None, num_samples: int = 4):
-    """Image with the ground-truth contour (green) and the predicted contour (red), one panel per image."""
+    """Image with the ground-truth contour (green) and the predicted contour (red), one panel per image
+    (volumes: the slice with the most ground-truth foreground)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    image, mask, prediction = central_slices(image, mask, prediction)
     count = max(1, min(num_samples, image.shape[0]))
     figure, axes = plt.subplots(1, count, figsize=(3.2 * count, 3.4), squeeze=False)
     for i, ax in enumerate(axes[0]):
