@@ -12,7 +12,8 @@ A study file holds one ``study:`` mapping::
         - name: "member{seed}"                # expanded with the repeat variables
           config: [experiments/x_demo.yaml]   # the --config files (one path or a list)
           args: {seed_everything: "{seed}"}   # --key value flags (lists/dicts are passed as JSON)
-          repeat: {seed: [0, 1, 2]}           # one run per combination (cartesian product)
+          repeat: {seed: [0, 1, 2]}           # one run per combination (cartesian product); or a list of
+                                              # mappings, one run each ([{member: 0, lr: 3e-4}, ...])
           subcommand: null                    # null: fit then test; or test / validate / predict
           label: null                         # the table row: runs with the same label pool (default: the
                                               # name template, i.e. all repeats of the entry; "{variant}":
@@ -107,11 +108,16 @@ def expand_runs(spec: dict, study_dir: Path) -> list[StudyRun]:
             raise StudyError(f"runs[{index}]: needs 'name' and 'config' (allowed keys: name, config, args, "
                              f"repeat, subcommand, label); got {sorted(entry)}")
         repeat = entry.get("repeat") or {}
-        keys = list(repeat)
-        values = [v if isinstance(v, list) else [v] for v in repeat.values()]
+        if isinstance(repeat, list):  # one run per mapping: variables that go together (sampled hyperparameters)
+            if not all(isinstance(r, dict) for r in repeat):
+                raise StudyError(f"runs[{index}]: a 'repeat' list holds mappings (one run each)")
+            combinations = [dict(r) for r in repeat]
+        else:
+            keys = list(repeat)
+            values = [v if isinstance(v, list) else [v] for v in repeat.values()]
+            combinations = [dict(zip(keys, c)) for c in itertools.product(*values)]
         configs = entry["config"] if isinstance(entry["config"], list) else [entry["config"]]
-        for combination in itertools.product(*values):
-            variables = dict(zip(keys, combination))
+        for variables in combinations:
             name = str(entry["name"]).format(**variables)
             if not re.fullmatch(r"[A-Za-z0-9_.=-]+", name):
                 raise StudyError(f"run name {name!r}: use letters, digits, '_', '-', '.', '='")

@@ -52,6 +52,20 @@ def test_expansion_labels_and_placeholders(tmp_path):
         expand_runs({"runs": [{"name": "same", "config": "a", "repeat": {"s": [0, 1]}}]}, tmp_path)
 
 
+def test_a_repeat_list_gives_one_run_per_mapping(tmp_path):
+    spec = {"runs": [{"name": "member{member}", "config": "a.yaml",
+                      "repeat": [{"member": 0, "lr": 0.001, "opt": "torch.optim.Adam"},
+                                 {"member": 1, "lr": 0.0003, "opt": "torch.optim.RMSprop"}],
+                      "args": {"model.init_args.optimizer.class_path": "{opt}", "trainer.max_epochs": "{lr}"}}]}
+    runs = expand_runs(spec, tmp_path)
+    assert [r.name for r in runs] == ["member0", "member1"] and runs[1].variables["lr"] == 0.0003
+    flags = dict(zip(*(lambda a: (a[::2], a[1::2]))(study.command(runs[1], {}, tmp_path, "runs", "s/1")[2:])))
+    assert flags["--model.init_args.optimizer.class_path"] == "torch.optim.RMSprop"
+    assert {r.entry for r in runs} == {"member{member}"}  # pooled in one row
+    with pytest.raises(StudyError, match="mappings"):
+        expand_runs({"runs": [{"name": "m{x}", "config": "a", "repeat": [1, 2]}]}, tmp_path)
+
+
 def test_summary_pools_by_label_and_keeps_the_top_k():
     results = [{"entry": "e", "run": f"r{i}", "variables": {}, "metrics": {"test/auroc": v, "test/acc": v / 2},
                 "paper": {"test/auroc": 0.66}} for i, v in enumerate([0.5, 0.7, 0.9, 0.6])]
