@@ -343,6 +343,7 @@ def test_per_class_and_positive_class_metrics_match_scikit_learn():
     positive, p = (target.numpy() == 2).astype(int), scores[:, 2]
     hard = (p >= 0.5).astype(int)
     assert out["pos/auroc"].item() == pytest.approx(roc_auc_score(positive, p), abs=1e-6)
+    assert out["pos/aupr"].item() == pytest.approx(average_precision_score(positive, p), abs=1e-6)
     assert out["pos/acc"].item() == pytest.approx(accuracy_score(positive, hard), abs=1e-6)
     assert out["pos/specificity"].item() == pytest.approx(((hard == 0) & (positive == 0)).sum() / (positive == 0).sum(), abs=1e-6)
     fprs, tprs = evaluation.roc_curves()

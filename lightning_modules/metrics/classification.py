@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import Metric, MetricCollection
-from torchmetrics.classification import (BinaryAccuracy, BinaryAUROC, BinaryF1Score, BinaryPrecision, BinaryRecall,
-                                         BinarySpecificity, MulticlassAccuracy, MulticlassAUROC,
+from torchmetrics.classification import (BinaryAccuracy, BinaryAUROC, BinaryAveragePrecision, BinaryF1Score,
+                                         BinaryPrecision, BinaryRecall, BinarySpecificity, MulticlassAccuracy, MulticlassAUROC,
                                          MulticlassCohenKappa, MulticlassConfusionMatrix, MulticlassF1Score,
                                          MulticlassPrecision, MulticlassRecall, MulticlassROC, MultilabelAUROC,
                                          MultilabelAveragePrecision, MultilabelF1Score)
@@ -59,9 +59,10 @@ def per_class_metrics(num_classes: int, **kwargs) -> MetricCollection:
 
 
 def positive_class_metrics(threshold: float = 0.5, **kwargs) -> MetricCollection:
-    """One class against the rest (melanoma vs rest, malignant vs benign + normal), fed P(positive): AUROC and,
-    at ``threshold``, precision, recall (sensitivity), specificity, F1 and accuracy."""
-    return MetricCollection({"auroc": BinaryAUROC(**kwargs),
+    """One class against the rest (melanoma vs rest, malignant vs benign + normal), fed P(positive): AUROC, the
+    area under the precision-recall curve (``aupr``, average precision) and, at ``threshold``, precision, recall
+    (sensitivity), specificity, F1 and accuracy."""
+    return MetricCollection({"auroc": BinaryAUROC(**kwargs), "aupr": BinaryAveragePrecision(**kwargs),
                              **{name: metric(threshold=threshold, **kwargs) for name, metric in
                                 (("precision", BinaryPrecision), ("recall", BinaryRecall),
                                  ("specificity", BinarySpecificity), ("f1", BinaryF1Score), ("acc", BinaryAccuracy))}})
