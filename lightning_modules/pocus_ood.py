@@ -80,12 +80,18 @@ def multi_exit_loss(exit_logits: Sequence[torch.Tensor], target: torch.Tensor, e
 
 class DeepEnsemble(nn.Module):
     """Members loaded from checkpoints (Lightning ``state_dict`` with ``network.`` prefix, or a bare state
-    dict); ``forward`` returns the member probabilities stacked (N, B, C) via ``member_probs`` and the log of
-    their mean as logits."""
+    dict; ``checkpoints`` a list or its JSON string, as a study's ``{ckpts:member*}`` gives it); ``forward``
+    returns the log of the mean member probability as logits, ``member_probs`` the stacked (N, B, C).
 
-    def __init__(self, checkpoints: Sequence[str] | str = (), members: Optional[Sequence[nn.Module]] = None,
-                 **network_kwargs):
+    Without checkpoints or ``members`` it holds ``n_members`` untrained base CNNs (configs are then built
+    and checked without trained members) and ``from_checkpoints`` is False: ``POCUSOODTask`` refuses to
+    score such an ensemble. ``n_members`` given with checkpoints must match their number."""
+
+    def __init__(self, checkpoints: Sequence[str] | str = (), n_members: Optional[int] = None,
+                 members: Optional[Sequence[nn.Module]] = None, in_channels: int = 1, num_classes: int = 3,
+                 input_size: int = 180, padding: str = "same"):
         super().__init__()
+        network_kwargs = dict(in_channels=in_channels, num_classes=num_classes, input_size=input_size, padding=padding)
         if isinstance(checkpoints, str):
             checkpoints = json.loads(checkpoints)
         nets = list(members or [])
@@ -96,8 +102,13 @@ class DeepEnsemble(nn.Module):
             net = POCUSCNN(**network_kwargs)
             net.load_state_dict(state)
             nets.append(net)
+        self.from_checkpoints = bool(nets)
+        if nets and n_members is not None and len(nets) != n_members:
+            raise ValueError(f"DeepEnsemble: n_members {n_members} but {len(nets)} members/checkpoints given")
         if not nets:
-            raise ValueError("DeepEnsemble needs members or checkpoints")
+            if not n_members:
+                raise ValueError("DeepEnsemble needs members, checkpoints or n_members")
+            nets = [POCUSCNN(**network_kwargs) for _ in range(n_members)]
         self.members = nn.ModuleList(nets)
 
     def member_probs(self, x: torch.Tensor) -> torch.Tensor:
@@ -199,6 +210,7 @@ class POCUSOODTask(ClassificationTask):
         tpr_levels, leave_out, bootstrap, bootstrap_seed: the FPR@TPR levels (training-score quantiles), the
             cancer-AUC leave-out fractions, the AUROC bootstrap resamples of the ID test set.
         malignant: the class index of the cancer-vs-rest AUC.
+        checkpoint: "best" (``best.ckpt`` by the validation metric) or "last" (no monitor: the last epoch).
     Logs ``test/<ood>/auroc_train``, ``.../auroc_ci_low|high``, ``.../fpr95_train``, ``.../fpr80_train`` and
     ``test/cancer_auc_lo<pct>`` next to ClassificationTask's ``test/<ood>/ood_*``.
     """
@@ -206,16 +218,27 @@ class POCUSOODTask(ClassificationTask):
     def __init__(self, *args, scorer: str = "softmax", temperature: float = 1e-3,
                  exit_weights: Optional[list[float]] = None, tpr_levels: Sequence[float] = (0.95, 0.80),
                  leave_out: Sequence[float] = (0.0, 0.05, 0.20), bootstrap: int = 1000, bootstrap_seed: int = 0,
-                 malignant: int = 2, **kwargs):
+                 malignant: int = 2, checkpoint: str = "best", **kwargs):
         super().__init__(*args, **kwargs)
         if scorer not in ("softmax", "energy", "multilevel", "ens_var", "ens_wvar", "ens_epi"):
             raise ValueError(f"unknown scorer {scorer!r}")
+        if checkpoint not in ("best", "last"):
+            raise ValueError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
+        if checkpoint == "last":  # best.ckpt is then the last epoch's (no monitored metric): the card's choice
+            self.monitor = None
         self.scorer, self.temperature, self.exit_weights = scorer, temperature, exit_weights
         self.tpr_levels, self.leave_out = list(tpr_levels), list(leave_out)
         self.bootstrap, self.bootstrap_seed, self.malignant = bootstrap, bootstrap_seed, malignant
         self._train_raw: Optional[list[torch.Tensor]] = None
 
     # -- training
+    def on_fit_start(self) -> None:
+        if self.scorer.startswith("ens_"):
+            raise ValueError("the ensemble scorers test members trained one by one: train them with the base config "
+                             "(experiments/pocus_ood/pocus_ensemble_study.yaml does both), then `run.py test` with "
+                             "network DeepEnsemble(checkpoints=...)")
+        super().on_fit_start()
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         if not self.exit_weights:
             return super().training_step(batch, batch_idx)
@@ -260,6 +283,9 @@ class POCUSOODTask(ClassificationTask):
         return list(torch.cat(raws, 1)), torch.cat(probs), torch.cat(labels)
 
     def on_test_start(self) -> None:
+        if self.scorer.startswith("ens_") and not getattr(self.network, "from_checkpoints", False):
+            raise ValueError("the ensemble scorers need DeepEnsemble(checkpoints=[...]) of trained members; this "
+                             "ensemble was built untrained (no checkpoints)")
         super().on_test_start()
         was = self.training
         self.eval()

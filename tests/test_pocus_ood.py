@@ -1,5 +1,7 @@
 """POCUS-OOD: CNN parameter counts, multi-exit shapes and loss, scores and metrics against hand-computed numpy /
 sklearn values, a short fit on toy data."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -81,6 +83,33 @@ def test_ensemble_loads_checkpoints(tmp_path):
     probs = ens.member_probs(x)
     assert probs.shape == (2, 3, 3)
     torch.testing.assert_close(ens(x).exp(), probs.mean(0))
+    assert ens.from_checkpoints and len(po.DeepEnsemble(checkpoints=json.dumps(paths), input_size=32).members) == 2
+    untrained = po.DeepEnsemble(n_members=4, input_size=32)
+    assert len(untrained.members) == 4 and not untrained.from_checkpoints
+    with pytest.raises(ValueError, match="n_members 3"):
+        po.DeepEnsemble(checkpoints=paths, n_members=3, input_size=32)
+    task = po.POCUSOODTask(network=untrained, num_classes=3, scorer="ens_var")
+    with pytest.raises(ValueError, match="trained members"):
+        task.on_test_start()
+    with pytest.raises(ValueError, match="trained one by one"):
+        task.on_fit_start()
+
+
+def test_ensemble_study_members_follow_the_table2_sampling():
+    """experiments/pocus_ood/pocus_ensemble_study.yaml writes out sample_member_hparams(0..19)."""
+    from pathlib import Path
+
+    import yaml
+
+    spec = yaml.safe_load((Path(po.__file__).parents[1] / "experiments" / "pocus_ood" / "pocus_ensemble_study.yaml")
+                          .read_text())["study"]
+    members = spec["runs"][0]["repeat"]
+    assert [m["member"] for m in members] == list(range(20))
+    for m in members:
+        h = po.sample_member_hparams(m["member"])
+        assert (m["optimizer"], m["epochs"], m["batch_size"]) == (h["optimizer"], h["epochs"], h["batch_size"])
+        assert m["lr"] == pytest.approx(h["lr"], abs=1e-6) and m["leave_out"] == pytest.approx(h["leave_out"], abs=1e-4)
+    assert spec["runs"][1]["args"]["model.init_args.network.init_args.checkpoints"] == "{ckpts:member*}"
 
 
 def test_short_fit_lowers_loss():
@@ -143,6 +172,34 @@ def test_pocus_reader_layout(tmp_path):
     x = dm.train_set[0]
     assert tuple(x["image"].shape) == (1, 32, 32) and 0 <= float(x["image"].min()) and float(x["image"].max()) <= 1
     assert len(pocus_augmentation()) == 2
+    assert set(dm.ood_test_sets) == {"corrupt"} and len(dm.train_eval_set) == len(dm.split_indices["train"])
+    # the OOD sets: MNIST idx file, a CCA folder (nested), CorruptPOCUS of the test images; a member's leave-out
+    mnist = tmp_path / "MNIST" / "raw"
+    mnist.mkdir(parents=True)
+    digits = (rng.random((5, 28, 28)) * 255).astype(np.uint8)
+    (mnist / "t10k-images-idx3-ubyte").write_bytes(b"".join(v.to_bytes(4, "big") for v in (2051, 5, 28, 28))
+                                                   + digits.tobytes())
+    (tmp_path / "cca" / "volunteer1").mkdir(parents=True)
+    for i in range(2):
+        Image.fromarray((rng.random((33, 39)) * 255).astype(np.uint8)).save(tmp_path / "cca" / "volunteer1" / f"{i}.png")
+    kwargs = dict(image_size=32, val_fraction=0.2, num_workers=0, mnist_file=str(mnist / "t10k-images-idx3-ubyte"),
+                  cca_dir=str(tmp_path / "cca"), corrupt_seed=3)
+    full = POCUSDataModule(str(tmp_path), **kwargs)
+    full.setup()
+    assert {k: len(v) for k, v in full.ood_test_sets.items()} == {"mnist": 5, "corrupt": 9, "cca": 2}
+    assert full.test_loader_names == ["test", "mnist", "corrupt", "cca"]
+    from datamodules.ood_sets import corrupt_pocus
+    first = full.items[full.split_indices["test"][0]]
+    np.testing.assert_array_equal(full.ood_test_sets["corrupt"].items[0].source,
+                                  corrupt_pocus(full.read_image(first)[..., 0], 3 * 100_000))
+    assert tuple(full.ood_test_sets["mnist"][0]["image"].shape) == (1, 32, 32)
+    member = POCUSDataModule(str(tmp_path), train_leave_out=0.15, leave_out_seed=4, **kwargs)
+    member.setup()
+    kept = member.split_indices["train"]
+    assert len(kept) == len(full.split_indices["train"]) - 2 and set(kept) < set(full.split_indices["train"])
+    assert member.split_indices["val"] == full.split_indices["val"]
+    with pytest.raises(DatasetError, match="t10k"):
+        POCUSDataModule(str(tmp_path), **{**kwargs, "mnist_file": str(mnist / "missing")}).setup()
     (tmp_path / "us").rename(tmp_path / "us_gone")
     with pytest.raises(DatasetError):
         POCUSDataModule(str(tmp_path), image_size=32, num_workers=0).setup()

@@ -93,11 +93,7 @@ class SyntheticBreastUSDataModule(POCUSDataModule):
         return [ClassificationItem(im, y, "pocus/train", f"train{i}") for i, (im, y) in enumerate(zip(tr, ytr))] + \
                [ClassificationItem(im, y, "pocus/test", f"test{i}") for i, (im, y) in enumerate(zip(te, yte))]
 
-    def setup(self, stage=None) -> None:
-        if self.items:
-            return
-        super().setup(stage)
-        self.train_eval_set = self.make_dataset([self.items[i] for i in self.split_indices["train"]], train=False)
+    def ood_items(self) -> dict[str, list[ClassificationItem]]:
         ood = {}
         if "mnist" in self.ood_names:
             ood["mnist"] = [ClassificationItem(im, -1, "", f"digit{i}")
@@ -108,5 +104,4 @@ class SyntheticBreastUSDataModule(POCUSDataModule):
         if "cca" in self.ood_names:
             ood["cca"] = [ClassificationItem(carotid_image(10_000_000 + i, self.source_size), -1, "", f"cca{i}")
                           for i in range(self.n_cca)]
-        for name, items in ood.items():
-            self.ood_test_sets[name] = self.make_dataset(items, train=False)
+        return ood
