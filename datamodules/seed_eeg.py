@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional, Sequence, Union
+from typing import Any, Literal, Optional, Sequence, Union
 
 import numpy as np
 import scipy.io
@@ -335,3 +335,91 @@ class SEEDDataModule(SEEDIVDataModule):
                     trials.append(EEGTrial(subject, session, trial, int(labels[trial - 1]),
                                            self._features(array, path, f"{prefix}{trial}")))
         return trials
+
+
+# ---- Raw 2-s windows of the preprocessed EEG (Coglier: DE / PSD per window, TSception on raw windows) ------------
+from datamodules.eeg_emotion import EEGEmotionWindowsDataModule  # noqa: E402
+from datamodules.eeg_features import SEED_CHANNELS, SEED_GRID  # noqa: E402
+from datamodules.timeseries import Recording  # noqa: E402
+
+
+class SEEDRawWindowsDataModule(EEGEmotionWindowsDataModule):
+    """SEED's ``Preprocessed_EEG`` trials (62 channels, 200 Hz) as 2-s windows (400 samples every 200: 3,379 per
+    session, 152,055 in all), 3 classes; a subject's three files are its sessions in date order. Inputs, splits and
+    the Coglier stages: ``datamodules.eeg_emotion``."""
+
+    layout = """SEED/
+  Preprocessed_EEG/<subject>_<YYYYMMDD>.mat   keys <initials>_eeg1..15, each (62, T) at 200 Hz (three files per subject)
+  Preprocessed_EEG/label.mat                  key label: (1, 15) of -1 / 0 / 1"""
+    standin_config = "experiments/coglier_demo.yaml"
+    classes = SEED_CLASSES
+    channels = SEED_CHANNELS
+    grid = SEED_GRID
+    default_sample_rate = 200.0
+    n_trials = 15
+    folder = "Preprocessed_EEG"
+
+    def __init__(self, data_dir: str = "", window_length: float = 400, window_step: float = 200, **kwargs: Any):
+        super().__init__(data_dir=data_dir, window_length=window_length, window_step=window_step, **kwargs)
+
+    def session_files(self) -> list[tuple[str, int, Path]]:
+        """(subject, session, file) of every subject file."""
+        folder = self.require_dir(self.data_dir / self.folder, "Preprocessed_EEG folder")
+        files = sorted(p for p in folder.iterdir() if _FILE_RE.match(p.name))
+        if not files:
+            raise self.error("no <subject>_<date>.mat files", folder)
+        by_subject: dict[str, list[Path]] = {}
+        for path in files:
+            by_subject.setdefault(_FILE_RE.match(path.name).group(1), []).append(path)
+        return [(subject, session, path) for subject, paths in by_subject.items()
+                for session, path in enumerate(sorted(paths, key=lambda p: _FILE_RE.match(p.name).group(2)), 1)]
+
+    def trial_labels(self, session: int) -> Sequence[int]:
+        path = self.data_dir / self.folder / "label.mat"
+        mat = load_mat(path, self.layout, self.standin_config)
+        if "label" not in mat or np.asarray(mat["label"]).size != self.n_trials:
+            raise self.error("label.mat needs a 'label' array of 15 values in {-1, 0, 1}", path)
+        return (np.asarray(mat["label"]).reshape(-1).astype(int) + 1).tolist()
+
+    def list_recordings(self) -> list[Recording]:
+        recordings = []
+        for subject, session, path in self.session_files():
+            if self.subjects is not None and subject not in self.subjects:
+                continue  # subject-dependent runs read only their subject's files
+            labels = self.trial_labels(session)
+            mat = load_mat(path, self.layout, self.standin_config)
+            prefix = _raw_prefix(mat, self.n_trials, path, self.layout, self.standin_config)
+            for trial in range(1, self.n_trials + 1):
+                eeg = _trial_key(mat, prefix, trial, path, self.layout, self.standin_config)
+                if eeg.ndim != 2 or eeg.shape[0] != len(self.channels):
+                    raise self.error(f"{prefix}{trial} should be ({len(self.channels)} channels, samples), "
+                                     f"got {eeg.shape}", path)
+                recordings.append(Recording(eeg.T.astype(np.float32), int(labels[trial - 1]), subject=subject,
+                                            trial=f"s{session}t{trial}", name=f"{subject}_s{session}_t{trial}"))
+        return recordings
+
+
+class SEEDIVRawWindowsDataModule(SEEDRawWindowsDataModule):
+    """SEED-IV's ``eeg_raw_data`` (62 channels, 200 Hz; the paper says 64) as 2-s windows (150,765 in all), 4 classes
+    (0 neutral, 1 sad, 2 fear, 3 happy) from the ReadMe's per-session label lists."""
+
+    layout = """SEED_IV/
+  eeg_raw_data/{1,2,3}/<subject>_<YYYYMMDD>.mat   folder = session; keys <initials>_eeg1..24, each (62, T) at 200 Hz
+  trial labels per session: the ReadMe's lists (datamodules.seed_eeg.SEED_IV_LABELS)"""
+    classes = SEED_IV_CLASSES
+    n_trials = 24
+    folder = "eeg_raw_data"
+
+    def session_files(self) -> list[tuple[str, int, Path]]:
+        folder = self.require_dir(self.data_dir / self.folder, "eeg_raw_data folder")
+        found = []
+        for session in (1, 2, 3):
+            session_dir = self.require_dir(folder / str(session), "session folder")
+            files = sorted(p for p in session_dir.iterdir() if _FILE_RE.match(p.name))
+            if not files:
+                raise self.error("no <subject>_<date>.mat files in the session folder", session_dir)
+            found += [(_FILE_RE.match(p.name).group(1), session, p) for p in files]
+        return found
+
+    def trial_labels(self, session: int) -> Sequence[int]:
+        return SEED_IV_LABELS[session]
