@@ -75,7 +75,7 @@ class PretrainedMismatchError(RuntimeError):
 
 
 # --------------------------------------------------------------------------------------------- MONAI trunks
-def _resnet_trunk(name: str, in_channels: int) -> tuple[nn.Module, int]:
+def _resnet_trunk(name: str, in_channels: int, width: float = 1.0) -> tuple[nn.Module, int]:
     from monai.networks.nets import ResNet
     from monai.networks.nets.resnet import ResNetBlock, ResNetBottleneck
 
@@ -100,12 +100,13 @@ def _resnet_trunk(name: str, in_channels: int) -> tuple[nn.Module, int]:
         def target_layer(self) -> nn.Module:
             return self.layer4
 
+    planes = [max(1, int(round(c * width))) for c in (64, 128, 256, 512)]
     trunk = ResNetTrunk(
-        block, layers, [64, 128, 256, 512], spatial_dims=2, n_input_channels=in_channels, conv1_t_size=7,
+        block, layers, planes, spatial_dims=2, n_input_channels=in_channels, conv1_t_size=7,
         conv1_t_stride=2, no_max_pool=False, shortcut_type="B", feed_forward=False, bias_downsample=False,
     )
     del trunk.avgpool
-    return trunk, 512 * block.expansion
+    return trunk, planes[-1] * block.expansion
 
 
 def _densenet_trunk(in_channels: int) -> tuple[nn.Module, int]:
@@ -370,14 +371,19 @@ def _efficientnet_v2_s_trunk(in_channels: int, stochastic_depth_prob: float = 0.
 
 
 # --------------------------------------------------------------------------------------------------- API
-def build_trunk(name: str, in_channels: int = 3) -> tuple[nn.Module, int]:
+def build_trunk(name: str, in_channels: int = 3, width: float = 1.0) -> tuple[nn.Module, int]:
     """The image -> last-conv-feature-map trunk of ``name`` and its channel count.
 
     The trunk's ``state_dict`` keys are the reference model's (torchvision / MONAI) minus its head; it has a
-    ``target_layer`` property (the module whose output is the returned map).
+    ``target_layer`` property (the module whose output is the returned map). ``width`` scales the ResNets' stage
+    widths (64, 128, 256, 512): a cheap network for CPU demos; 1 (the reference) for every other backbone.
     """
+    if width != 1.0 and name not in RESNETS:
+        raise ValueError(f"width applies to the ResNets only, got width={width} for {name!r}")
+    if width <= 0:
+        raise ValueError(f"width must be > 0, got {width}")
     if name in RESNETS:
-        return _resnet_trunk(name, in_channels)
+        return _resnet_trunk(name, in_channels, width)
     if name == "densenet121":
         return _densenet_trunk(in_channels)
     if name in EFFICIENTNETS:
@@ -400,13 +406,14 @@ class ImageClassifier(nn.Module):
         in_channels: image channels (1 for grey-scale; a 3-channel checkpoint's first conv is summed).
         pretrained: optional local checkpoint path (see the module docstring for the accepted formats).
         dropout: dropout before ``head`` (the reference classifiers' dropout; 0 = none).
+        width: ResNet stage-width multiplier (1 = the reference network; e.g. 0.25 for a fast CPU demo).
     """
 
     def __init__(self, backbone: str = "resnet18", num_classes: int = 2, in_channels: int = 3,
-                 pretrained: Optional[str] = None, dropout: float = 0.0):
+                 pretrained: Optional[str] = None, dropout: float = 0.0, width: float = 1.0):
         super().__init__()
         self.backbone = backbone
-        self.trunk, self.feature_channels = build_trunk(backbone, in_channels)
+        self.trunk, self.feature_channels = build_trunk(backbone, in_channels, width)
         if backbone == "vgg16":
             self.pool = nn.AdaptiveAvgPool2d((7, 7))
             self.neck = _vgg16_neck()

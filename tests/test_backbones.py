@@ -344,3 +344,17 @@ def test_more_input_channels_repeat_scaled_kernels(tmp_path):
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(six(torch.cat([x, x], 1)), rgb(x), rtol=1e-4, atol=1e-5)
+
+
+def test_resnet_width_multiplier():
+    from lightning_modules.utils import count_parameters
+
+    narrow = ImageClassifier("resnet18", num_classes=3, width=0.25)
+    assert narrow.feature_channels == 128 and narrow.trunk.layer1[0].conv1.out_channels == 16
+    assert narrow(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+    # every conv has a quarter of the reference's input and output channels: ~1/16 of its weights
+    full = count_parameters(ImageClassifier("resnet18", num_classes=3))
+    assert 0.055 < count_parameters(narrow) / full < 0.07
+    assert ImageClassifier("resnet50", num_classes=3, width=0.5).feature_channels == 1024
+    with pytest.raises(ValueError, match="ResNets only"):
+        ImageClassifier("vgg16", width=0.5)
