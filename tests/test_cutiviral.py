@@ -2,6 +2,8 @@
 (critic/generator update ratio, weight clipping, finite losses, samples in range), CAE generation, the generated
 image writer feeding the generated regime, FID against SciPy and closed forms, and a short classifier fit on the
 stand-in that lowers the loss and beats the class prior."""
+import tempfile
+
 import numpy as np
 import pytest
 import torch
@@ -21,6 +23,8 @@ def count(module):
 
 
 def quiet_trainer(**kwargs):
+    # a root of its own: test-time figures (ROC, confusion matrix) are written under it, not in the checkout
+    kwargs.setdefault("default_root_dir", tempfile.mkdtemp(prefix="cutiviral_test_"))
     return Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                    enable_model_summary=False, **kwargs)
 

@@ -220,7 +220,7 @@ def test_paper_split_sizes_stratified():
 
 
 # ---- a short fit on the stand-in ----
-def test_short_fit_lowers_loss_and_beats_prior():
+def test_short_fit_lowers_loss_and_beats_prior(tmp_path):
     import lightning as L
 
     torch.manual_seed(0)
@@ -237,7 +237,8 @@ def test_short_fit_lowers_loss_and_beats_prior():
         before = sum(task.stage_losses(x, y)).item()
     task.train()
     trainer = L.Trainer(max_epochs=4, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        default_root_dir=tmp_path)
     trainer.fit(task, datamodule=dm)
     task.eval()
     with torch.no_grad():
