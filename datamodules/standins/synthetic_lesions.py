@@ -1,6 +1,8 @@
-"""Offline stand-in for 2D lesion segmentation: synthetic images with a textured background and a lesion.
+"""Offline stand-in for 2D lesion segmentation: synthetic images with a textured background and a lesion; and, on
+the same skin, the ABCD lesions of the ABCDE-rule analysis (``SyntheticDermoscopyDataModule``, below).
 
-Two kinds, both with the batch keys of the real datasets (``image``, ``mask``, ``name``, ``label``):
+Two kinds of segmentation images, both with the batch keys of the real datasets (``image``, ``mask``, ``name``,
+``label``):
 
 - ``skin`` (dermoscopy-like, RGB): a skin-coloured field with low-frequency colour variation and
   fine texture; the lesion is darker and shifted towards brown, with its own mottled texture, a soft
@@ -77,13 +79,19 @@ def lesion_mask(rng: np.random.Generator, size: tuple[int, int], min_radius: flo
     return ndimage.binary_fill_holes(mask)
 
 
-def skin_image(rng: np.random.Generator, size: tuple[int, int], noise_std: float = 0.05):
-    """(H, W, 3) uint8 dermoscopy-like image and its (H, W) uint8 0/1 lesion mask."""
+def skin_field(rng: np.random.Generator, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The skin: its base colour (3,) and the (H, W, 3) float field in [0, 1] (low-frequency colour variation and
+    fine texture)."""
     h, w = size
     base = np.array([0.85, 0.66, 0.56]) * rng.uniform(0.85, 1.1) + rng.uniform(-0.04, 0.04, 3)
     low = _smooth_noise(rng, size, max(h, w) / 6)[..., None] * rng.uniform(0.02, 0.06, 3)
     fine = _smooth_noise(rng, size, 1.0)[..., None] * 0.025
-    image = base + low + fine
+    return base, base + low + fine
+
+
+def skin_image(rng: np.random.Generator, size: tuple[int, int], noise_std: float = 0.05):
+    """(H, W, 3) uint8 dermoscopy-like image and its (H, W) uint8 0/1 lesion mask."""
+    base, image = skin_field(rng, size)
     mask = lesion_mask(rng, size)
     alpha = ndimage.gaussian_filter(mask.astype(np.float32), rng.uniform(0.8, 2.0))[..., None]
     lesion_colour = base * np.array([0.45, 0.33, 0.30]) * rng.uniform(0.7, 1.3)
@@ -226,3 +234,118 @@ class SyntheticLesionDataModule(BaseDataModule):
         from datamodules.segmentation import StratifiedBatchSampler
 
         return StratifiedBatchSampler([item.label for item in dataset.items], self.batch_size, seed=self.seed)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ABCD lesions: the ABCDE-rule analysis' stand-in (classification with exact masks)
+# ---------------------------------------------------------------------------------------------------------------
+#: the stand-in's classes, named as ISIC 2019's (melanoma, nevus, benign keratosis)
+ABCD_CLASSES = ("MEL", "NV", "BKL")
+#: the four cues, each typical (benign-like) or atypical (melanoma-like) per lesion
+ABCD_CUES = ("asymmetry", "border", "colour", "diameter")
+#: melanoma colours (RGB in [0, 1]): dark brown, black, blue-grey, red
+_ATYPICAL_COLOURS = np.array([[0.30, 0.17, 0.10], [0.08, 0.06, 0.06], [0.38, 0.45, 0.55], [0.62, 0.22, 0.20]])
+
+
+def abcd_cues(rng: np.random.Generator, label: int, p_malignant_cue: float = 0.7,
+              p_benign_cue: float = 0.1) -> dict[str, bool]:
+    """Which cues are atypical: each independently with ``p_malignant_cue`` for a melanoma (label 0), with
+    ``p_benign_cue`` for a benign lesion, so no single cue decides the class and removing one costs some signal."""
+    p = p_malignant_cue if label == 0 else p_benign_cue
+    return {cue: bool(rng.random() < p) for cue in ABCD_CUES}
+
+
+def abcd_lesion_image(rng: np.random.Generator, label: int, size: int = 96, p_malignant_cue: float = 0.7,
+                      p_benign_cue: float = 0.1, noise_std: float = 0.03):
+    """One dermoscopy-like image (size x size x 3 uint8), its lesion mask (uint8 0/1) and its cues.
+
+    The lesion outline is polar, r(theta) = r0 (1 + sum_k a_k cos(k theta + phi_k)), centred near the image centre:
+
+    - diameter: r0 in [0.12, 0.24] of the side (typical) or [0.26, 0.42] (atypical: some lesions leave the image);
+    - asymmetry: harmonic 2 (an ellipse, symmetric) always; atypical lesions add odd harmonics 1 and 3
+      (amplitudes 0.12-0.25, 0.08-0.18), typical ones at most 0.04;
+    - border: typical outlines are smooth with a soft edge (blur 1.2-2 px at 96 px); atypical ones add three
+      harmonics of order 7-13 (0.04-0.08 each) and a sharp edge (0.5 px);
+    - colour: one brown (NV) or a light tan with fine waxy texture (BKL); atypical lesions add 2-4 patches of dark
+      brown, black, blue-grey or red (thresholded smooth noise inside the lesion).
+
+    MEL is label 0, NV 1, BKL 2 (``ABCD_CLASSES``).
+    """
+    cues = abcd_cues(rng, label, p_malignant_cue, p_benign_cue)
+    shape = (size, size)
+    base, image = skin_field(rng, shape)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    cy, cx = rng.uniform(0.4, 0.6, 2) * size
+    r0 = rng.uniform(*((0.26, 0.42) if cues["diameter"] else (0.12, 0.24))) * size
+    theta = np.arctan2(yy - cy, xx - cx)
+    radius = 1.0 + rng.uniform(0.0, 0.15) * np.cos(2 * theta + rng.uniform(0, 2 * np.pi))
+    odd = ((0.12, 0.25), (0.08, 0.18)) if cues["asymmetry"] else ((0.0, 0.04), (0.0, 0.04))
+    for k, (low, high) in zip((1, 3), odd):
+        radius = radius + rng.uniform(low, high) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+    if cues["border"]:
+        for k in rng.choice(np.arange(7, 14), 3, replace=False):
+            radius = radius + rng.uniform(0.04, 0.08) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+    distance = np.hypot(yy - cy, xx - cx)
+    mask = distance <= r0 * radius
+    softness = (0.5 if cues["border"] else rng.uniform(1.2, 2.0)) * size / 96
+    alpha = ndimage.gaussian_filter(mask.astype(np.float32), softness)[..., None]
+    if label == 2:  # BKL: light tan, waxy fine texture
+        colour = base * np.array([0.72, 0.60, 0.52]) * rng.uniform(0.9, 1.1)
+        texture = _smooth_noise(rng, shape, 0.8)[..., None] * 0.06
+    else:  # MEL / NV: brown
+        colour = base * np.array([0.50, 0.36, 0.30]) * rng.uniform(0.8, 1.15)
+        texture = _smooth_noise(rng, shape, rng.uniform(1.5, 3.0))[..., None] * 0.04
+    lesion = colour + texture
+    if cues["colour"]:
+        inside = ndimage.gaussian_filter(mask.astype(np.float32), size / 48)[..., None]
+        for c in rng.choice(len(_ATYPICAL_COLOURS), int(rng.integers(2, 5)), replace=True):
+            blob = np.clip((_smooth_noise(rng, shape, size / 16) - rng.uniform(0.3, 0.9)) * 3.0, 0, 1)[..., None]
+            lesion = lesion * (1 - 0.85 * blob * inside) + _ATYPICAL_COLOURS[c] * 0.85 * blob * inside
+    image = image * (1 - alpha) + lesion * alpha
+    image = image + rng.normal(0, noise_std, image.shape)
+    return (np.clip(image, 0, 1) * 255).astype(np.uint8), mask.astype(np.uint8), cues
+
+
+from datamodules.debasing import DebasedDataModule, DermoscopyItem  # noqa: E402 (debasing imports this package's base)
+
+
+class SyntheticDermoscopyDataModule(DebasedDataModule):
+    """The ABCDE-rule analysis' stand-in: ``num_images`` ABCD lesions (``abcd_lesion_image``) with exact masks, of
+    class MEL / NV / BKL drawn with ``class_probs``, split stratified by the base (``test_size``, ``val_fraction``;
+    the card's 240 / 60 / 120), debased like the real data (``DebasedDataModule``). Deterministic given ``seed``.
+
+    Args:
+        num_images: images in all (420 = 240 train + 60 val + 120 test with the defaults).
+        source_size: side of the generated images (the ``pre_size`` of the real data's pipeline).
+        class_probs: P(MEL), P(NV), P(BKL).
+        p_malignant_cue, p_benign_cue: probability that a cue is atypical in a melanoma / a benign lesion.
+        **kwargs: ``DebasedDataModule`` 's (debase, with_mask, image_size, augmentation, ...).
+    """
+
+    standin_config = "experiments/abcde_demo.yaml"
+    classes = ABCD_CLASSES
+
+    def __init__(self, num_images: int = 420, source_size: int = 96, class_probs: Sequence[float] = (0.3, 0.5, 0.2),
+                 p_malignant_cue: float = 0.7, p_benign_cue: float = 0.1, seed: int = 0,
+                 image_size: Union[int, Sequence[int]] = 96, test_size: float = 120 / 420,
+                 val_fraction: float = 0.2, **kwargs):
+        kwargs.setdefault("pre_size", None)
+        super().__init__("", image_size=image_size, test_size=test_size, val_fraction=val_fraction, **kwargs)
+        if len(class_probs) != 3 or abs(sum(class_probs) - 1) > 1e-6:
+            raise ValueError(f"class_probs needs 3 probabilities summing to 1, got {list(class_probs)}")
+        self.num_images, self.source_size, self.seed = num_images, source_size, seed
+        self.class_probs = tuple(float(p) for p in class_probs)
+        self.p_malignant_cue, self.p_benign_cue = p_malignant_cue, p_benign_cue
+        self.cues: dict[str, dict[str, bool]] = {}
+
+    def list_items(self) -> list[DermoscopyItem]:
+        labels = np.random.default_rng([self.seed, 0]).choice(3, self.num_images, p=self.class_probs)
+        items = []
+        for index, label in enumerate(labels):
+            rng = np.random.default_rng([self.seed, 1, index])
+            image, mask, cues = abcd_lesion_image(rng, int(label), self.source_size, self.p_malignant_cue,
+                                                  self.p_benign_cue)
+            name = f"{ABCD_CLASSES[label]}_{index:04d}"
+            self.cues[name] = cues
+            items.append(DermoscopyItem(image, int(label), name=name, mask=mask))
+        return items
