@@ -31,13 +31,16 @@ GROUP = "group"
 NAME = "name"
 #: registration pairs: images float (B, 1, *S) and their label maps int64 (B, 1, *S).
 FIXED, MOVING, FIXED_SEG, MOVING_SEG = "fixed", "moving", "fixed_seg", "moving_seg"
+#: registration landmarks: float (B, K, 2) pixel (x, y) coordinates in each image's frame, NaN rows where a pair has
+#: fewer than K; and the length of the fixed image's diagonal in pixels (B,) that normalises the errors (rTRE).
+FIXED_LANDMARKS, MOVING_LANDMARKS, DIAGONAL = "fixed_landmarks", "moving_landmarks", "diagonal"
 #: source separation: the mixture (B, samples) and the sources (B, K, samples).
 MIXTURE, SOURCES = "mixture", "sources"
 #: int (B,): the sample rate of an audio item, where a dataset's clips differ.
 SAMPLE_RATE = "sample_rate"
 
 VOCABULARY = frozenset({IMAGE, AUDIO, SIGNAL, VIDEO, MASK, LABEL, TARGET, GROUP, NAME, FIXED, MOVING,
-                        FIXED_SEG, MOVING_SEG, MIXTURE, SOURCES, SAMPLE_RATE})
+                        FIXED_SEG, MOVING_SEG, FIXED_LANDMARKS, MOVING_LANDMARKS, DIAGONAL, MIXTURE, SOURCES, SAMPLE_RATE})
 
 
 def require(batch: Mapping, *keys: str, task: str = "this task") -> None:

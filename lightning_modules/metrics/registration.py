@@ -59,3 +59,57 @@ def std_log_jacobian(displacement: torch.Tensor, eps: float = 1e-9) -> torch.Ten
     """Per pair: standard deviation of log|J| (sdlogJ, the Learn2Reg regularity measure)."""
     det = jacobian_determinant(displacement).clamp_min(eps)
     return det.log().flatten(1).std(1)
+
+
+# -- landmark errors: the ANHIR challenge's measures (Borovec et al. 2020, BIRL's evaluate.py) ----------------
+
+
+def nan_median(values: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Median along ``dim`` ignoring NaN, averaging the two middle values of an even count (numpy's median,
+    which BIRL uses; torch.nanmedian takes the lower one). All-NaN slices give NaN."""
+    values = values.movedim(dim, -1)
+    count = (~torch.isnan(values)).sum(-1)
+    ordered = torch.sort(torch.nan_to_num(values, nan=float("inf")), dim=-1).values
+    low = ((count - 1).clamp_min(0) // 2).unsqueeze(-1)
+    high = (count // 2).clamp_max(values.shape[-1] - 1).unsqueeze(-1)
+    median = 0.5 * (ordered.gather(-1, low) + ordered.gather(-1, high)).squeeze(-1)
+    return torch.where(count > 0, median, torch.full_like(median, float("nan")))
+
+
+def relative_tre(points: torch.Tensor, reference: torch.Tensor, diagonal: torch.Tensor) -> torch.Tensor:
+    """rTRE per landmark: ||points - reference||_2 / diagonal, (B, K, 2) x 2 and (B,) -> (B, K); NaN where a
+    landmark is missing (NaN padding) in either set."""
+    return torch.linalg.vector_norm(points - reference, dim=-1) / diagonal.to(points.dtype).unsqueeze(-1)
+
+
+def anhir_pair_statistics(rtre: torch.Tensor, rire: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per pair (rows of (B, K) rTRE after and before registration, NaN = no landmark): ``mrtre`` (median over
+    landmarks), ``artre`` (mean), ``robustness`` (fraction of landmarks with rTRE < rIRE, BIRL's
+    compute_tre_robustness), and the same medians/means of the initial error (``mrire``, ``arire``)."""
+    valid = ~(torch.isnan(rtre) | torch.isnan(rire))
+    count = valid.sum(-1)
+    nan = torch.full(count.shape, float("nan"), dtype=rtre.dtype, device=rtre.device)
+    after = torch.where(valid, rtre, nan.new_tensor(float("nan")))
+    before = torch.where(valid, rire, nan.new_tensor(float("nan")))
+    improved = ((after < before) & valid).sum(-1).to(rtre.dtype)
+    return {
+        "mrtre": nan_median(after),
+        "artre": torch.where(count > 0, torch.nansum(after, -1) / count.clamp_min(1), nan),
+        "robustness": torch.where(count > 0, improved / count.clamp_min(1), nan),
+        "mrire": nan_median(before),
+        "arire": torch.where(count > 0, torch.nansum(before, -1) / count.clamp_min(1), nan),
+    }
+
+
+def anhir_summary(pairs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The challenge's aggregates over pairs from :func:`anhir_pair_statistics`: MMrTRE / AMrTRE (median / mean of
+    the pairs' median rTRE), MArTRE / AArTRE (median / mean of their mean rTRE), MR / AR (median / mean
+    robustness), and the initial errors' ``*_before`` (the papers' "Initial" row). Pairs with NaN are skipped."""
+    out = {}
+    for name, key in (("mrtre", "mrtre"), ("artre", "artre"), ("r", "robustness")):
+        out[f"m{name}"] = nan_median(pairs[key])
+        out[f"a{name}"] = torch.nanmean(pairs[key])
+    for name, key in (("mrtre", "mrire"), ("artre", "arire")):
+        out[f"m{name}_before"] = nan_median(pairs[key])
+        out[f"a{name}_before"] = torch.nanmean(pairs[key])
+    return out

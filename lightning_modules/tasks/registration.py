@@ -2,8 +2,11 @@
 Fourier-Net share.
 
 Batches are dicts (lightning_modules/batch.py) with ``fixed``, ``moving`` (B, 1, *spatial) float images and,
-for evaluation or the segmentation loss, ``fixed_seg``, ``moving_seg`` (B, 1, *spatial) integer label maps. A
-network maps ``(moving, fixed)`` to a displacement in normalised grid units (see blocks/warp.py).
+for evaluation or the segmentation loss, ``fixed_seg``, ``moving_seg`` (B, 1, *spatial) integer label maps, and/or
+``fixed_landmarks``, ``moving_landmarks`` (B, K, 2) pixel (x, y) with ``diagonal`` (B,) for landmark errors
+(ANHIR's rTRE family). A network maps ``(moving, fixed)`` to a displacement in normalised grid units, or to an
+affine ``theta`` (B, D, D+1) (F.affine_grid's matrix, align_corners=True) that the task turns into that
+displacement (see blocks/warp.py).
 """
 from __future__ import annotations
 
@@ -18,18 +21,30 @@ from torchmetrics import Metric
 from torchmetrics.aggregation import CatMetric
 
 from lightning_modules import batch as keys
-from lightning_modules.blocks.warp import normalised_to_voxels, warp
+from lightning_modules.blocks.warp import (affine_to_displacement, is_affine, normalised_to_voxels,
+                                           theta_to_pixel_matrix, transform_points, warp)
 from lightning_modules.losses.registration import diffusion_regulariser, one_hot_labels, segmentation_dice_loss
-from lightning_modules.metrics.registration import dice_per_pair, folding_percent, std_log_jacobian
+from lightning_modules.metrics.registration import (anhir_pair_statistics, anhir_summary, dice_per_pair,
+                                                    folding_percent, relative_tre, std_log_jacobian)
 from lightning_modules.tasks.base import BaseTask
+
+
+#: per-pair landmark values gathered during evaluation (see metrics.registration.anhir_pair_statistics)
+LANDMARK_PAIR_VALUES = ("mrtre", "artre", "robustness", "mrire", "arire")
 
 
 class RegistrationTask(BaseTask):
     """Loss ``MSE(f, m o phi) + smooth_weight * L_smooth (+ seg_weight * L_dice on warped one-hot labels)``;
     ``similarity`` replaces the MSE term.
 
+    Evaluation uses what the batch has: label maps give Dice (``val/dice``, ``test/dice``); landmarks give the
+    ANHIR measures over pairs (``test/mmrtre``, ``amrtre``, ``martre``, ``aartre``, robustness ``mr``/``ar``, and
+    the unregistered ``*_before``). An affine network's landmarks are mapped exactly (moving landmarks through the
+    inverse affine into the fixed frame, the challenge's "warped source landmarks"); a dense field is evaluated in
+    the moving frame (fixed landmarks moved by the field, BIRL's "warped target landmarks").
+
     Args:
-        network: ``forward(moving, fixed) -> displacement`` (normalised units).
+        network: ``forward(moving, fixed) -> displacement`` (normalised units) or ``-> theta`` (B, D, D+1).
         smooth_weight: lambda of the diffusion regulariser.
         seg_weight: gamma of the auxiliary Dice loss on warped one-hot labels (FNOReg 3D); 0 disables it.
         seg_num_classes: number of label values including background, needed when seg_weight > 0.
@@ -43,6 +58,8 @@ class RegistrationTask(BaseTask):
         metrics: extra torchmetrics, updated with the warped moving labels and the fixed labels, int64
             (B, 1, *spatial), logged as ``val/<name>`` and ``test/<name>``.
         fixed_key, moving_key: the batch keys of the two images (their label maps are ``fixed_seg``/``moving_seg``).
+        monitor_metric: the validation metric that selects ``best.ckpt``: ``val/dice`` (max), ``val/loss`` or a
+            landmark measure ``val/mmrtre`` etc. (min).
     """
 
     monitor = "val/dice"
@@ -55,7 +72,7 @@ class RegistrationTask(BaseTask):
                  lr_scheduler: Optional[LRSchedulerCallable] = None,
                  scheduler_interval: Literal["epoch", "step"] = "epoch", similarity: Optional[nn.Module] = None,
                  metrics: Optional[dict[str, Metric]] = None, fixed_key: str = keys.FIXED,
-                 moving_key: str = keys.MOVING):
+                 moving_key: str = keys.MOVING, monitor_metric: str = "val/dice"):
         super().__init__(optimizer=optimizer, lr_scheduler=lr_scheduler, scheduler_interval=scheduler_interval,
                          figure_every_n_epochs=figure_every_n_epochs)
         if seg_weight > 0 and not seg_num_classes:
@@ -71,12 +88,23 @@ class RegistrationTask(BaseTask):
         self.similarity = similarity
         self.fixed_key, self.moving_key = fixed_key, moving_key
         self.init_extra_metrics(metrics)
+        self.monitor = monitor_metric
+        self.monitor_mode = "max" if monitor_metric in ("val/dice", "val/mr", "val/ar") else "min"
         self.val_dice = CatMetric()
         self.test_values = nn.ModuleDict({name: CatMetric() for name in
                                           ("dice", "dice_before", "folding_percent", "sdlogj")})
+        self.landmark_values = nn.ModuleDict({stage: nn.ModuleDict({name: CatMetric() for name in LANDMARK_PAIR_VALUES})
+                                              for stage in ("val", "test")})
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         return self.network(moving, fixed)
+
+    def transform(self, moving: torch.Tensor, fixed: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(displacement, theta or None): the network's output as the dense field the warp takes."""
+        out = self(moving, fixed)
+        if is_affine(out, moving):
+            return affine_to_displacement(out, fixed.shape[2:]), out
+        return out, None
 
     # -- training ---------------------------------------------------------------------------------
     def _resize(self, image: torch.Tensor, labels: bool = False) -> torch.Tensor:
@@ -102,7 +130,7 @@ class RegistrationTask(BaseTask):
         fixed, moving = self.images(batch)
         if resize:
             fixed, moving = self._resize(fixed), self._resize(moving)
-        displacement = self(moving, fixed)
+        displacement, theta = self.transform(moving, fixed)
         warped = warp(moving, displacement)
         similarity = F.mse_loss(warped, fixed) if self.similarity is None else self.similarity(warped, fixed)
         out = {"similarity": similarity, "smoothness": diffusion_regulariser(displacement)}
@@ -116,6 +144,8 @@ class RegistrationTask(BaseTask):
             out["loss"] = out["loss"] + self.seg_weight * out["segmentation"]
         out["displacement"] = displacement
         out["warped"] = warped
+        if theta is not None:
+            out["affine"] = theta
         return out
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -131,52 +161,109 @@ class RegistrationTask(BaseTask):
     def _warp_labels(self, labels: torch.Tensor, displacement: torch.Tensor) -> torch.Tensor:
         return warp(labels.float(), displacement, mode="nearest").round().long()
 
+    def _has_labels(self, batch: dict) -> bool:
+        return keys.FIXED_SEG in batch and keys.MOVING_SEG in batch
+
+    def _has_landmarks(self, batch: dict) -> bool:
+        return all(key in batch for key in (keys.FIXED_LANDMARKS, keys.MOVING_LANDMARKS, keys.DIAGONAL))
+
+    def landmark_errors(self, batch: dict, out: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rTRE, rIRE) per landmark (B, K), NaN where a landmark is missing."""
+        fixed, moving = self.images(batch)
+        fixed_points = batch[keys.FIXED_LANDMARKS].float()
+        moving_points = batch[keys.MOVING_LANDMARKS].float()
+        diagonal = batch[keys.DIAGONAL].float()
+        rire = relative_tre(moving_points, fixed_points, diagonal)
+        if "affine" in out:
+            to_moving = theta_to_pixel_matrix(out["affine"].float(), fixed.shape[2:], moving.shape[2:])
+            warped_points = transform_points(torch.linalg.inv(to_moving), moving_points)
+            return relative_tre(warped_points, fixed_points, diagonal), rire
+        # dense field: move the fixed landmarks into the moving frame (bilinear sample of the voxel displacement)
+        field = normalised_to_voxels(out["displacement"].float())  # (B, 2, H, W), channel 0 along rows
+        sizes = fixed_points.new_tensor([fixed.shape[3] - 1, fixed.shape[2] - 1]).clamp_min(1)
+        grid = (2.0 * torch.nan_to_num(fixed_points) / sizes - 1.0).unsqueeze(1)  # (B, 1, K, 2) as (x, y)
+        sampled = F.grid_sample(field, grid, align_corners=True).squeeze(2)  # (B, 2, K)
+        moved = fixed_points + sampled.flip(1).transpose(1, 2)
+        return relative_tre(moved, moving_points, diagonal), rire
+
+    def update_landmark_values(self, stage: str, batch: dict, out: dict) -> None:
+        rtre, rire = self.landmark_errors(batch, out)
+        for name, value in anhir_pair_statistics(rtre, rire).items():
+            self.landmark_values[stage][name].update(value)
+
+    def log_landmark_summary(self, stage: str) -> None:
+        values = self.landmark_values[stage]
+        if not values["mrtre"].update_count:
+            return
+        pairs = {name: metric.compute().float() for name, metric in values.items()}
+        for name, value in anhir_summary(pairs).items():
+            self.log(f"{stage}/{name}", value)
+        self.log(f"{stage}/num_landmark_pairs", float((~torch.isnan(pairs["mrtre"])).sum()))
+        for metric in values.values():
+            metric.reset()
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         out = self.losses(batch)
         fixed, moving = self.images(batch)
-        fixed_seg, moving_seg = self.labels(batch)
         self.log("val/loss", out["loss"], sync_dist=True, batch_size=fixed.shape[0])
-        warped_seg = self._warp_labels(moving_seg, out["displacement"])
-        self.val_dice.update(dice_per_pair(warped_seg, fixed_seg))
-        self.update_extra_metrics("val", warped_seg, fixed_seg.long())
+        if self._has_labels(batch):
+            fixed_seg, moving_seg = self.labels(batch)
+            warped_seg = self._warp_labels(moving_seg, out["displacement"])
+            self.val_dice.update(dice_per_pair(warped_seg, fixed_seg))
+            self.update_extra_metrics("val", warped_seg, fixed_seg.long())
+        if self._has_landmarks(batch):
+            self.update_landmark_values("val", batch, out)
         if batch_idx == 0 and self.figure_due():
             self.log_figure(f"val/registration_epoch{self.current_epoch:03d}",
                             registration_figure(fixed, moving, out))
 
     def on_validation_epoch_end(self) -> None:
-        values = self.val_dice.compute()
-        self.log("val/dice", torch.nanmean(values) if values.numel() else torch.tensor(0.0))
+        if self.val_dice.update_count or self.monitor == "val/dice":
+            values = self.val_dice.compute() if self.val_dice.update_count else torch.zeros(0)
+            self.log("val/dice", torch.nanmean(values) if values.numel() else torch.tensor(0.0))
         self.val_dice.reset()
         self.log_extra_metrics("val")
+        self.log_landmark_summary("val")
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         out = self.losses(batch)
         fixed, moving = self.images(batch)
-        fixed_seg, moving_seg = self.labels(batch)
         displacement = out["displacement"]
-        warped_seg = self._warp_labels(moving_seg, displacement)
-        self.test_values["dice"].update(dice_per_pair(warped_seg, fixed_seg))
-        self.test_values["dice_before"].update(dice_per_pair(moving_seg, fixed_seg))
+        if self._has_labels(batch):
+            fixed_seg, moving_seg = self.labels(batch)
+            warped_seg = self._warp_labels(moving_seg, displacement)
+            self.test_values["dice"].update(dice_per_pair(warped_seg, fixed_seg))
+            self.test_values["dice_before"].update(dice_per_pair(moving_seg, fixed_seg))
+            self.update_extra_metrics("test", warped_seg, fixed_seg.long())
+        if self._has_landmarks(batch):
+            self.update_landmark_values("test", batch, out)
         self.test_values["folding_percent"].update(folding_percent(displacement))
         self.test_values["sdlogj"].update(std_log_jacobian(displacement))
-        self.update_extra_metrics("test", warped_seg, fixed_seg.long())
         self.log("test/loss", out["loss"], sync_dist=True, batch_size=fixed.shape[0])
         if batch_idx == 0 and self.trainer.is_global_zero:
             self.log_figure("test/registration", registration_figure(fixed, moving, out))
 
     def on_test_epoch_end(self) -> None:
         # CatMetric gathers every pair from every process: mean and std are over pairs, as in the papers.
-        values = {name: metric.compute().float() for name, metric in self.test_values.items()}
+        values = {name: metric.compute().float() for name, metric in self.test_values.items() if metric.update_count}
         self.log_mean_std("test", values)
-        self.log("test/num_pairs", float(values["dice"].numel()))
+        self.log("test/num_pairs", float(values["folding_percent"].numel()))
         for metric in self.test_values.values():
             metric.reset()
         self.log_extra_metrics("test")
+        self.log_landmark_summary("test")
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         fixed, moving = self.images(batch)
-        displacement = self(moving, fixed)
-        return {"displacement": displacement, "warped": warp(moving, displacement)}
+        displacement, theta = self.transform(moving, fixed)
+        out = {"displacement": displacement, "warped": warp(moving, displacement)}
+        if theta is not None:
+            out["affine"] = theta
+            if keys.MOVING_LANDMARKS in batch:  # the challenge's submission: source landmarks in the target frame
+                to_moving = theta_to_pixel_matrix(theta.float(), fixed.shape[2:], moving.shape[2:])
+                out["warped_moving_landmarks"] = transform_points(torch.linalg.inv(to_moving),
+                                                                  batch[keys.MOVING_LANDMARKS].float())
+        return out
 
 
 def _middle_slice(volume: torch.Tensor) -> np.ndarray:
