@@ -153,3 +153,20 @@ def test_synthetic_hippocampus_standin():
     folds = SyntheticHippocampusDataModule(num_train=6, num_val=2, num_test=2, split="kfold", folds=5, val_groups=2)
     folds.setup()
     assert len(folds.split_indices["test"]) == 2 and len(folds.split_indices["val"]) == 2
+
+
+def test_ky_paper_config_trains_a_step_and_tests_on_the_fixture_tree(tmp_path):
+    import json
+
+    import run
+
+    root = make_tree(tmp_path / "mri_dataset")
+    run.main(["--config", "experiments/smdgc/ky.yaml", "--config", "experiments/smdgc/ky/dgc_deep_swap.yaml",
+              "--data.data_dir", str(root), "--data.label_map", "{11: 1, 12: 2, 13: 3}", "--data.crop_size", "[8, 8, 8]",
+              "--data.patch_size", "[8, 8, 8]", "--data.val_groups", "1", "--data.num_workers", "0",
+              "--model.init_args.roi_size", "[8, 8, 8]", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
+              "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
+              "--runs_dir", str(tmp_path / "runs"), "--run_id", "ky"])
+    results = json.loads((tmp_path / "runs" / "smdgc_ky_dgc_deep_swap" / "ky" / "results.json").read_text())
+    assert results["paper"]["test/dgc_deep_swap/seconds"] == 8
+    assert 0 <= results["test/dgc_deep_swap/dice"] <= 1 and results["test/num_images"] == 2  # one subject's hemispheres
