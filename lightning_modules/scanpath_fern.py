@@ -32,15 +32,16 @@ from lightning_modules.tasks.optim import parameter_groups
 class ResNet12Block(nn.Module):
     """Three 3x3 conv/BN (LeakyReLU 0.1 after the first two), 1x1 conv + BN shortcut, LeakyReLU, 2x2 max-pool."""
 
-    def __init__(self, in_channels: int, out_channels: int, slope: float = 0.1):
+    def __init__(self, in_channels: int, out_channels: int, slope: float = 0.1, bn_momentum: float = 0.1):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.bn1 = nn.BatchNorm2d(out_channels, momentum=bn_momentum)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.bn2 = nn.BatchNorm2d(out_channels, momentum=bn_momentum)
         self.conv3 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out_channels)
-        self.downsample = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
+        self.bn3 = nn.BatchNorm2d(out_channels, momentum=bn_momentum)
+        self.downsample = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False),
+                                        nn.BatchNorm2d(out_channels, momentum=bn_momentum))
         self.slope = slope
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -52,16 +53,17 @@ class ResNet12Block(nn.Module):
 
 
 class ResNet12(nn.Module):
-    """ResNet-12 over a (B, C, H, W) input: blocks of ``widths`` (few-shot: 64-160-320-640), GAP, linear head."""
+    """ResNet-12 over a (B, C, H, W) input: blocks of ``widths`` (few-shot: 64-160-320-640), GAP, linear head.
+    ``bn_momentum``: the BatchNorm running-statistics momentum (PyTorch's 0.1)."""
 
     def __init__(self, num_classes: int, in_channels: int = 1, widths: Sequence[int] = (64, 160, 320, 640),
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, bn_momentum: float = 0.1):
         super().__init__()
         if len(widths) != 4:
             raise ValueError(f"ResNet-12 has 4 blocks, got widths {list(widths)}")
         channels = [in_channels, *widths]
-        self.layer1, self.layer2, self.layer3, self.layer4 = (ResNet12Block(channels[i], channels[i + 1])
-                                                              for i in range(4))
+        self.layer1, self.layer2, self.layer3, self.layer4 = (
+            ResNet12Block(channels[i], channels[i + 1], bn_momentum=bn_momentum) for i in range(4))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = nn.Linear(widths[-1], num_classes)
         for module in self.modules():
@@ -87,17 +89,21 @@ class ScanpathFernNet(nn.Module):
             (range_init / range_bounds in radians; fern_seed its ``seed``).
         widths: the ResNet-12's block widths.
         dropout: before the linear head (0: none; the paper says nothing).
+        bn_momentum: the ResNet's BatchNorm momentum. The histograms of different recordings differ little relative
+            to the bins' means, so the running statistics must be close before evaluation-mode predictions separate
+            the classes: PyTorch's 0.1 needs a few hundred steps (the real-data runs have them); the stand-in demo
+            (5 steps per epoch) uses 0.5.
     """
 
     def __init__(self, num_classes: int, n_sets: int = 4096, set_size: int = 5,
                  range_init: tuple[float, float] = (math.pi / 18, math.pi / 2),
                  range_bounds: tuple[float, float] = (math.radians(1.0), math.pi), learn_ranges: bool = True,
                  range_update_sign: RangeUpdateSign = "descent", fern_seed: int = 0,
-                 widths: Sequence[int] = (64, 160, 320, 640), dropout: float = 0.0):
+                 widths: Sequence[int] = (64, 160, 320, 640), dropout: float = 0.0, bn_momentum: float = 0.1):
         super().__init__()
         self.ferns = AngleFernHistogram(n_sets, set_size, tuple(range_init), tuple(range_bounds), learn_ranges,
                                         range_update_sign, seed=fern_seed)
-        self.classifier = ResNet12(num_classes, in_channels=1, widths=widths, dropout=dropout)
+        self.classifier = ResNet12(num_classes, in_channels=1, widths=widths, dropout=dropout, bn_momentum=bn_momentum)
 
     def histograms(self, xy: torch.Tensor) -> torch.Tensor:
         return self.ferns(xy)

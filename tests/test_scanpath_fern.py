@@ -209,3 +209,23 @@ def test_demo_learns_and_beats_the_prior(tmp_path):
     ranges = model.network.ferns.ranges
     assert not torch.allclose(ranges, fresh.ferns.ranges) and ranges.min() >= math.radians(1) - 1e-6
     assert ranges.max() <= math.pi + 1e-6
+
+
+def test_em_statistics_by_hand_and_fern_features():
+    from lightning_modules.scanpath_features import em_statistics, fern_features
+
+    steps = [(1.0, 0.0)] * 5 + [(20.0, 0.0)] * 3 + [(0.0, 1.0)] * 4  # fixation, saccade, fixation
+    xy = np.concatenate([[[0.0, 0.0]], np.cumsum(steps, axis=0)])
+    xy = np.insert(xy, 3, np.nan, axis=0)[[0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 3]]  # a NaN sample is dropped
+    features = em_statistics(xy, sample_rate=100.0).reshape(2, 3, 4)  # (fixation, saccade) x (dur, speed, acc) x stats
+    std = np.std([0.05, 0.04], ddof=1)
+    np.testing.assert_allclose(features[0, 0], [0.045, std ** 2, std, 1.96 * std / np.sqrt(2)])
+    np.testing.assert_allclose(features[0, 1, :2], [100.0, 0.0])
+    np.testing.assert_allclose(features[1, 0], [0.03, 0, 0, 0])
+    np.testing.assert_allclose(features[1, 1, 0], 2000.0)
+    np.testing.assert_allclose(features[1, 2, 0], 1900 * 100 / 3)  # |d speed| * rate at the saccade onset
+    np.testing.assert_allclose(features[0, 2, 0], (0 + 1900 * 100 / 4) / 2)
+    layer = AngleFernHistogram(8, 3, learn_ranges=False)
+    signals = torch.randn(5, 30, 2).cumsum(1)
+    feats = fern_features(layer, signals, batch_size=2)
+    np.testing.assert_allclose(feats, layer(signals).flatten(1).numpy())
