@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import BinaryAUROC
 
+from lightning_modules.blocks.init import init_keras
+
 
 def _block(cin: int, cout: int, padding: str, dropout: float) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1 if padding == "same" else 0), nn.ReLU(inplace=True),
@@ -31,16 +33,20 @@ def _spatial(size: int, padding: str, blocks: int) -> int:
 
 class POCUSCNN(nn.Module):
     """5 x [Conv3x3 -> ReLU -> Dropout(0.2) -> MaxPool2] (32-64-128-128-128) -> Dropout(0.5) -> FC 512 -> ReLU
-    -> Dropout(0.5) -> FC classes. ``exit_after``: conv-block indices (1-based) followed by an extra exit
+    -> Dropout(0.5) -> FC classes. ``init``: "keras" (Glorot-uniform weights, zero biases: the defaults of the
+    Keras original; with PyTorch's defaults ("torch") the plain 7-layer ReLU stack does not leave the prior on
+    the stand-in in 12 epochs). ``exit_after``: conv-block indices (1-based) followed by an extra exit
     [Conv3x3 128 -> ReLU -> MaxPool2 -> Flatten -> FC classes]; ``forward`` returns the final logits,
     ``forward_exits`` the list of all exits' logits (early exits first, final last)."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 3, input_size: int = 180, padding: str = "same",
                  filters: Sequence[int] = (32, 64, 128, 128, 128), conv_dropout: float = 0.2, fc_dropout: float = 0.5,
-                 hidden: int = 512, exit_after: Sequence[int] = ()):
+                 hidden: int = 512, exit_after: Sequence[int] = (), init: str = "keras"):
         super().__init__()
         if padding not in ("same", "valid"):
             raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
+        if init not in ("keras", "torch"):
+            raise ValueError(f"init must be 'keras' or 'torch', got {init!r}")
         chans = [in_channels, *filters]
         self.blocks = nn.ModuleList(_block(chans[i], chans[i + 1], padding, conv_dropout) for i in range(len(filters)))
         side = _spatial(input_size, padding, len(filters))
@@ -56,6 +62,8 @@ class POCUSCNN(nn.Module):
                                        nn.ReLU(inplace=True), nn.MaxPool2d(2, 2), nn.Flatten(),
                                        nn.Linear(128 * s * s, num_classes)))
         self.exits = nn.ModuleList(exits)
+        if init == "keras":  # the original is Keras: Glorot-uniform kernels, zero biases
+            init_keras(self)
 
     def forward_exits(self, x: torch.Tensor) -> list[torch.Tensor]:
         outs = []
