@@ -141,14 +141,9 @@ class EEGEmotionWindowsDataModule(TimeSeriesDataModule):
             raise ValueError(f"stage must be 'subject', 'odm' or 'pooled', got {stage!r}")
         if stage == "subject" and subject is None:
             raise ValueError("stage: subject needs subject (the subject-dependent model's subject id)")
-        if stage == "odm" and groups_from is None and not (high_subjects and low_subjects):
-            raise ValueError("stage: odm needs groups_from (a study folder with the subject runs) or "
-                             "high_subjects and low_subjects")
         thresholds = [threshold, *(eval_thresholds or [])]
         if any(not 0 <= t < 1 for t in thresholds):
             raise ValueError(f"thresholds must be in [0, 1), got {thresholds}")
-        if (threshold > 0 or eval_thresholds) and odm_checkpoint is None:
-            raise ValueError("an MSP threshold needs odm_checkpoint (the trained OOD detection model)")
         if stage == "subject":
             subjects = [str(subject)]
         super().__init__(data_dir=data_dir, window_length=window_length, window_step=window_step,
@@ -245,6 +240,12 @@ class EEGEmotionWindowsDataModule(TimeSeriesDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is not None and self.refinement.get("_done"):
             return
+        if self.stage == "odm" and self.groups_from is None and not (self.high_subjects and self.low_subjects):
+            raise ValueError("stage: odm needs groups_from (a study folder with the subject runs) or "
+                             "high_subjects and low_subjects")
+        if (self.threshold > 0 or self.eval_thresholds) and not self.odm_checkpoint:
+            raise ValueError("an MSP threshold needs odm_checkpoint (the trained OOD detection model's checkpoint: "
+                             "the study's odm run, or --data.init_args.odm_checkpoint)")
         super().setup(stage)
         pool = np.sort(np.concatenate([self.split_indices["train"], self.split_indices["val"]]))
         test = self.split_indices["test"]

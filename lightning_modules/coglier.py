@@ -159,23 +159,9 @@ class OneHotPredictionAUROC(Metric):
 
 
 def load_classifier(checkpoint: str | Path) -> ClassificationTask:
-    """A trained ``CoglierTask`` (or any ``ClassificationTask``) from its checkpoint, on the CPU, in eval mode."""
-    checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    hparams = dict(checkpoint.get("hyper_parameters", {}))
-    network = hparams.pop("network", None)
-    if isinstance(network, dict):
-        from jsonargparse import ArgumentParser
-
-        parser = ArgumentParser()
-        parser.add_argument("--network", type=nn.Module)
-        network = parser.instantiate_classes(parser.parse_object({"network": network})).network
-    if network is None:
-        raise ValueError("the checkpoint holds no network config (hyper_parameters['network'])")
-    keep = {k: v for k, v in hparams.items() if k in ("num_classes", "input_key")}
-    model = ClassificationTask(network=network, **keep)
-    state = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("network.")}
-    model.load_state_dict(state, strict=False)
-    return model.eval()
+    """A trained ``CoglierTask`` from its run's checkpoint (the network rebuilt from the saved config), on the CPU,
+    in eval mode."""
+    return CoglierTask.load_from_checkpoint(str(checkpoint), map_location="cpu").eval()
 
 
 @torch.inference_mode()
