@@ -102,8 +102,10 @@ def main() -> None:
     seed = args.seed
     methods = {
         "Random Ferns": (ferns, {
-            **{f"extra-trees {n}": (lambda n=n: ExtraTreesClassifier(n, random_state=seed, n_jobs=1)) for n in (100, 300)},
-            **{f"random forest {n}": (lambda n=n: RandomForestClassifier(n, random_state=seed, n_jobs=1)) for n in (100, 300)}}),
+            **{f"extra-trees {n}": (lambda n=n: ExtraTreesClassifier(n, random_state=seed, n_jobs=1))
+               for n in (100, 300)},
+            **{f"random forest {n}": (lambda n=n: RandomForestClassifier(n, random_state=seed, n_jobs=1))
+               for n in (100, 300)}}),
         "EM statistics + SVM": (em, {f"SVM C={c}": (lambda c=c: make_pipeline(StandardScaler(), SVC(C=c)))
                                      for c in (0.1, 1.0, 10.0)}),
         "EM statistics + Tree ENS": (em, {f"extra-trees {n}": (lambda n=n: ExtraTreesClassifier(n, random_state=seed,

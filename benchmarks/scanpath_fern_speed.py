@@ -51,7 +51,8 @@ class FernsOnly(torch.nn.Module):
 VARIANTS = {
     "ferns 4096x5 (+ linear)": FernsOnly,
     "paper: ferns 4096x5 + ResNet-12 64-640": lambda: ScanpathFernNet(CLASSES),
-    "demo: ferns 256x4 + ResNet-12 8-64": lambda: ScanpathFernNet(CLASSES, n_sets=256, set_size=4, widths=(8, 16, 32, 64)),
+    "demo: ferns 256x4 + ResNet-12 8-64": lambda: ScanpathFernNet(CLASSES, n_sets=256, set_size=4,
+                                                                  widths=(8, 16, 32, 64)),
     "lstm 2x128": lambda: ScanpathRNN(CLASSES, cell="lstm"),
 }
 

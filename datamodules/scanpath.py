@@ -33,7 +33,8 @@ Task = Literal["subject", "stimulus"]
 
 @dataclass
 class Scanpath:
-    """One recording: ``xy`` (T, 2) gaze samples (NaN where invalid), who looked (``subject``) at what (``stimulus``)."""
+    """One recording: ``xy`` (T, 2) gaze samples (NaN where invalid), who (``subject``) looked at what
+    (``stimulus``)."""
 
     xy: np.ndarray
     subject: str

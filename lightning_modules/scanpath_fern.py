@@ -17,7 +17,7 @@ or pads a shorter recording.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 import torch.nn.functional as F

@@ -109,8 +109,8 @@ def test_descent_step_follows_the_papers_update_and_clamp():
     before = layer.ranges.detach().clone()
     (layer(xy) * weight).sum().backward()
     error = -weight[0].double().numpy()  # the back-propagated error
-    paper = before.double() + 0.01 * torch.from_numpy(loop_range_update(xy[0].double().numpy(), layer.base.double().numpy(),
-                                                                       before.double().numpy(), error))
+    accumulated = loop_range_update(xy[0].double().numpy(), layer.base.double().numpy(), before.double().numpy(), error)
+    paper = before.double() + 0.01 * torch.from_numpy(accumulated)
     torch.optim.SGD([layer.ranges], lr=0.01).step()
     torch.testing.assert_close(layer.ranges.detach().double(), paper, rtol=1e-5, atol=1e-6)
     layer.ranges.data[0, 0], layer.ranges.data[1, 1] = -3.0, 9.0

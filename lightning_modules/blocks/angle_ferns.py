@@ -121,7 +121,8 @@ class AngleFernHistogram(nn.Module):
         max_elements: memory bound of the forward's intermediate (elements).
     """
 
-    def __init__(self, n_sets: int = 4096, set_size: int = 5, range_init: tuple[float, float] = (math.pi / 18, math.pi / 2),
+    def __init__(self, n_sets: int = 4096, set_size: int = 5,
+                 range_init: tuple[float, float] = (math.pi / 18, math.pi / 2),
                  range_bounds: tuple[float, float] = (math.radians(1.0), math.pi), learn_ranges: bool = True,
                  range_update_sign: RangeUpdateSign = "descent", seed: int = 0, max_elements: int = 2 ** 25):
         super().__init__()
