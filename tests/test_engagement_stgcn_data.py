@@ -162,3 +162,27 @@ def test_standin_clips():
     assert binary.class_counts == [4, 4] and binary.classes == ("Not-Engaged", "Engaged")
     # the splits are different clips
     assert not torch.equal(dm.train_set[0]["signal"], dm.test_set[0]["signal"])
+
+
+def test_engagenet_paper_configs_run_both_stages_on_the_fixture(tmp_path):
+    """engagenet.yaml (one epoch, narrow widths) writes its final epoch as final.ckpt/last.ckpt; engagenet_ordinal.yaml
+    loads that trunk through the CLI and tests Eq. 2's predictions on valid.txt."""
+    import json
+
+    import run
+
+    write_engagenet(tmp_path / "EngageNet", np.random.default_rng(0))
+    common = ["--data.init_args.data_dir", str(tmp_path / "EngageNet"), "--data.init_args.num_frames", "24",
+              "--data.init_args.num_workers", "0", "--data.init_args.batch_size", "2", "--trainer.max_epochs", "1",
+              "--trainer.logger", "false", "--runs_dir", str(tmp_path / "runs"), "--trainer.accelerator", "cpu",
+              "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+    run.main(["--config", "experiments/engagement_stgcn/engagenet.yaml", "--run_id", "a",
+              "--model.init_args.network.init_args.channels", "[4, 4, 8]", *common])
+    stage1 = tmp_path / "runs" / "engagement_stgcn_engagenet" / "a"
+    assert (stage1 / "checkpoints" / "final.ckpt").is_file() and (stage1 / "checkpoints" / "last.ckpt").is_file()
+    assert json.loads((stage1 / "results.json").read_text())["test/acc_prior"] == pytest.approx(0.5)
+    run.main(["--config", "experiments/engagement_stgcn/engagenet_ordinal.yaml", "--run_id", "b",
+              "--model.init_args.network.init_args.trunk_checkpoint", str(stage1 / "checkpoints" / "last.ckpt"),
+              *common])
+    result = json.loads((tmp_path / "runs" / "engagement_stgcn_engagenet_ordinal" / "b" / "results.json").read_text())
+    assert 0.0 <= result["test/acc"] <= 1.0 and result["paper"]["test/acc"] == 0.7124
