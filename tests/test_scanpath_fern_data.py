@@ -191,3 +191,21 @@ def test_timeseries_group_split_holds_out_whole_key_values():
     bad = ArrayTimeSeriesDataModule(recordings, split="group", split_key="viewer", normalization="none")
     with pytest.raises(DatasetError, match="split_key 'viewer'"):
         bad.setup("fit")
+
+
+def test_gazecom_paper_config_trains_a_step_on_the_fixture(tmp_path):
+    """experiments/scanpath_fern/gazecom.yaml as written (its recipe, task and splits), at a small fern / ResNet size
+    (the full 4,096 x 32 ResNet-12 is for the real runs), one step on the fixture tree, then test."""
+    import json
+
+    import run
+
+    write_gazecom(tmp_path / "data")
+    run.main(["--config", str(Path(run.__file__).parent / "experiments" / "scanpath_fern" / "gazecom.yaml"),
+              "--data.data_dir", str(tmp_path / "data"), "--data.num_workers", "0", "--model.num_classes", "3",
+              "--model.network.init_args.n_sets", "16", "--model.network.init_args.widths", "[4, 4, 4, 4]",
+              "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.accelerator", "cpu",
+              "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+              "--runs_dir", str(tmp_path / "runs"), "--run_id", "a"])
+    results = json.loads((tmp_path / "runs" / "scanpath_fern_gazecom" / "a" / "results.json").read_text())
+    assert results["paper"]["test/acc"] == 0.87 and 0 <= results["test/acc"] <= 1
