@@ -168,6 +168,7 @@ class EEGEmotionWindowsDataModule(TimeSeriesDataModule):
         self.inputs: Optional[torch.Tensor] = None
         self.refinement: dict[str, float] = {}
         self.groups: dict[str, list[str]] = {}
+        self._staged = False
 
     # ---- splits: stratified within each subject ----
     def _window_holdout(self, indices: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -238,7 +239,7 @@ class EEGEmotionWindowsDataModule(TimeSeriesDataModule):
 
     # ---- the stages ----
     def setup(self, stage: Optional[str] = None) -> None:
-        if self.train_set is not None and self.refinement.get("_done"):
+        if self._staged:
             return
         if self.stage == "odm" and self.groups_from is None and not (self.high_subjects and self.low_subjects):
             raise ValueError("stage: odm needs groups_from (a study folder with the subject runs) or "
@@ -262,7 +263,7 @@ class EEGEmotionWindowsDataModule(TimeSeriesDataModule):
                 raise self.error(f"the {split} set of stage {self.stage!r} is empty", self.data_dir)
         self.train_set, self.val_set = self.make_dataset(train), self.make_dataset(val)
         self.test_set = self.predict_set = self.make_dataset(test)
-        self.refinement["_done"] = 1.0
+        self._staged = True
 
     def _groups(self) -> tuple[list[str], list[str]]:
         present = sorted(set(self.window_subject.tolist()))
@@ -311,8 +312,12 @@ class EEGEmotionWindowsDataModule(TimeSeriesDataModule):
         from pyriemann.estimation import Covariances
 
         estimator = Covariances(estimator="sch")
-        cov_pool = estimator.transform(self.raw_windows(pool).astype(np.float64))
-        cov_test = estimator.transform(self.raw_windows(test).astype(np.float64))
+
+        def covariances(indices: np.ndarray, chunk: int = 2048) -> np.ndarray:  # chunks: SEED's windows are 13 GB
+            return np.concatenate([estimator.transform(self.raw_windows(indices[i:i + chunk]).astype(np.float64))
+                                   for i in range(0, len(indices), chunk)])
+
+        cov_pool, cov_test = covariances(pool), covariances(test)
         potato = Potato(metric="riemann", threshold=float(self.potato_z)).fit(cov_pool)
         return potato.predict(cov_pool) == 1, potato.predict(cov_test) == 1
 
