@@ -15,7 +15,8 @@
   probabilities.
 - Table 3 baselines on the flattened (T, 3 N) coordinates: ``LandmarkLSTM`` (4 layers, 256 hidden, FC 256 -> K)
   and ``LandmarkTCN`` (8 residual blocks of dilated causal convolutions, 64 filters, kernel 8, dropout 0.05).
-- ``grad_cam``: the class activation map over (T, N) of the last ST-GCN layer (Fig. 1).
+- ``grad_cam``: the class activation map over (T, N) of the last ST-GCN layer (Fig. 1); ``GradCAMFigure`` draws it
+  at test (a callback).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch import Callback
 from torch import nn
 
 from lightning_modules.blocks.stgcn import STGCNLayer, delaunay_adjacency
@@ -283,8 +285,8 @@ def grad_cam(network: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor]
     gradient of the target class's score over (T, N). ``network``: an ``EngagementSTGCN`` (target logit) or an
     ``OrdinalSTGCN`` (target class's Eq. 2 log-probability); ``target`` None: the predicted class. (B, T, N)."""
     trunk = network.trunk if isinstance(network, OrdinalSTGCN) else network
-    with torch.enable_grad():
-        activations = trunk.activations(x).detach().requires_grad_(True)
+    with torch.inference_mode(False), torch.enable_grad():  # also inside Lightning's test loop (inference mode)
+        activations = trunk.activations(x.clone()).detach().requires_grad_(True)
         features = activations.mean(dim=(2, 3), keepdim=True)
         if isinstance(network, OrdinalSTGCN):
             scores = ordinal_probabilities(network.heads(features).flatten(1)).clamp_min(1e-12).log()
@@ -295,3 +297,38 @@ def grad_cam(network: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor]
         (gradient,) = torch.autograd.grad(selected, activations)
     weights = gradient.mean(dim=(2, 3), keepdim=True)
     return F.relu((weights * activations).sum(1)).detach()
+
+
+class GradCAMFigure(Callback):
+    """At test, Fig. 1 for the first ``num_clips`` clips of the first test batch: each clip's Grad-CAM of its predicted
+    class (``grad_cam``) as the landmarks of its mean face coloured by the map's mean over frames, and the map's mean
+    over landmarks per frame; saved as ``figures/test_gradcam.png`` (and to W&B) by the task's ``log_figure``."""
+
+    def __init__(self, num_clips: int = 3):
+        super().__init__()
+        self.num_clips = num_clips
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if batch_idx != 0 or dataloader_idx != 0 or not trainer.is_global_zero:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        x = batch[getattr(pl_module, "input_key", "signal")][:self.num_clips]
+        cam = grad_cam(pl_module.network, x).cpu().numpy()  # (B, T, N)
+        coords = x.detach().cpu().numpy()  # (B, C, T, N)
+        figure, axes = plt.subplots(2, len(cam), figsize=(3.2 * len(cam), 5.5), squeeze=False)
+        for i, clip_cam in enumerate(cam):
+            present = np.abs(coords[i]).sum(axis=(0, 2)) > 0
+            face = coords[i][:2, present].mean(axis=1) if present.any() else coords[i][:2].mean(axis=1)
+            axes[0, i].scatter(face[0], -face[1], c=clip_cam.mean(0), cmap="jet", s=14)
+            axes[0, i].set_title(f"clip {i}: CAM per landmark")
+            axes[0, i].set_aspect("equal")
+            axes[0, i].axis("off")
+            axes[1, i].plot(clip_cam.mean(1))
+            axes[1, i].set_xlabel("frame")
+            axes[1, i].set_title("CAM per frame")
+        figure.tight_layout()
+        pl_module.log_figure("test/gradcam", figure)

@@ -148,6 +148,7 @@ def test_learning_on_the_standin_both_stages(tmp_path):
     result = json.loads((tmp_path / "engagement_stgcn_demo" / "s1" / "results.json").read_text())
     print("stage 1", result["test/acc"], result["test/auroc"])
     assert result["test/acc"] > 0.4 and result["test/auroc"] > 0.7 and result["test/acc_prior"] == pytest.approx(0.25)
+    assert (tmp_path / "engagement_stgcn_demo" / "s1" / "figures" / "test_gradcam.png").is_file()  # Fig. 1
     batch = next(iter(torch.utils.data.DataLoader(cli.datamodule.train_set, batch_size=128)))
     with torch.no_grad():  # the training loss fell from chance level (ln 4 = 1.39)
         before = F.cross_entropy(fresh(batch["signal"]), batch["label"]).item()
