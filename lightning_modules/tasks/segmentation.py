@@ -328,10 +328,11 @@ def _as_outputs(output) -> list[torch.Tensor]:
 
 
 def _display_image(image: torch.Tensor) -> np.ndarray:
-    """(C, H, W) normalised tensor -> (H, W[, 3]) array in [0, 1] for display (min-max per image)."""
+    """(C, H, W) normalised tensor -> (H, W[, 3]) array in [0, 1] for display (min-max per image); RGB from 3+
+    channels, else the first channel."""
     array = image.detach().float().cpu().numpy()
     array = (array - array.min()) / max(float(array.max() - array.min()), 1e-8)
-    return array[0] if array.shape[0] == 1 else np.moveaxis(array[:3], 0, -1)
+    return array[0] if array.shape[0] < 3 else np.moveaxis(array[:3], 0, -1)  # 1 or 2 channels: the first
 
 
 def central_slices(image: torch.Tensor, mask: torch.Tensor, prediction: torch.Tensor
