@@ -88,6 +88,18 @@ class PairwiseEnergy:
         data = self.unary[np.arange(self.num_nodes), labels].sum()
         return float(data + self.pair_cost(every, labels[self.i], labels[self.j]).sum())
 
+    def delta(self, old: np.ndarray, new: np.ndarray) -> float:
+        """E(new) - E(old), from the changed nodes and the edges that touch them only."""
+        changed = old != new
+        if not changed.any():
+            return 0.0
+        nodes = np.flatnonzero(changed)
+        edges = np.flatnonzero(changed[self.i] | changed[self.j])
+        data = self.unary[nodes, new[nodes]].sum() - self.unary[nodes, old[nodes]].sum()
+        pairs = (self.pair_cost(edges, new[self.i[edges]], new[self.j[edges]])
+                 - self.pair_cost(edges, old[self.i[edges]], old[self.j[edges]]))
+        return float(data + pairs.sum())
+
 
 def swap_move(energy: PairwiseEnergy, labels: np.ndarray, alpha: int, beta: int,
               movable: Optional[np.ndarray] = None) -> tuple[np.ndarray, int]:
@@ -173,7 +185,7 @@ def alpha_beta_swap(energy: PairwiseEnergy, labels: np.ndarray, frozen: Optional
             free_total += free
             if free == 0:
                 continue
-            value = energy.energy(proposal)
+            value = current + energy.delta(labels, proposal)
             if value < current - 1e-9 * max(1.0, abs(current)):
                 labels, current, improved = proposal, value, True
             energies.append(current)

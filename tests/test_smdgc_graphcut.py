@@ -97,6 +97,7 @@ def test_every_swap_move_is_the_brute_force_optimum(seed):
         assert np.array_equal(moved[~movable], labels[~movable])  # nodes out of the move keep their labels
         assert np.array_equal(moved[(labels != alpha) & (labels != beta)], labels[(labels != alpha) & (labels != beta)])
         assert energy.energy(moved) <= energy.energy(labels) + 1e-9
+        assert energy.delta(labels, moved) == pytest.approx(energy.energy(moved) - energy.energy(labels), abs=1e-9)
         labels = moved
 
 
@@ -105,6 +106,7 @@ def test_swap_never_increases_the_energy_and_the_deep_swap_keeps_confident_voxel
     P = probabilities.reshape(-1, 4)
     start = P.argmax(1)
     plain, info = alpha_beta_swap(energy, start, max_cycles=5)
+    assert info["energies"][-1] == pytest.approx(energy.energy(plain))  # the tracked energy is the labelling's
     assert np.all(np.diff(info["energies"]) <= 1e-9) and info["energies"][-1] < info["energies"][0]
     # a local minimum: no single move lowers it further
     for alpha, beta in itertools.combinations(range(4), 2):
