@@ -210,6 +210,11 @@ def minmax_per_image(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return (x - low) / (high - low).clamp_min(eps)
 
 
+def minmax_per_channel(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Each channel of each image scaled to [0, 1] on its own; a constant channel becomes 0."""
+    return minmax_per_image(x.reshape(-1, 1, *x.shape[2:]), eps).reshape(x.shape)
+
+
 def random_resized_crop_boxes(batch: int, height: int, width: int, scale: Sequence[float], ratio: Sequence[float],
                               generator: Optional[torch.Generator] = None) -> list[tuple[int, int, int, int]]:
     """torchvision's RandomResizedCrop.get_params per sample: (top, left, h, w), 10 tries then a centre crop."""
@@ -343,17 +348,20 @@ class _PreparedClassifier(nn.Module):
 
     def _init_classifier(self, backbone: str, num_classes: int, pretrained: Optional[str], input_size: int,
                          crop: str, crop_scale: Sequence[float], head_init: Optional[Sequence[float]],
-                         dropout: float) -> None:
+                         dropout: float, map_norm: str = "image") -> None:
+        if map_norm not in ("image", "channel"):
+            raise ValueError(f"latent_norm must be 'image' or 'channel', got {map_norm!r}")
+        self.scale = minmax_per_image if map_norm == "image" else minmax_per_channel
         self.prepare = ClassifierInput(input_size, crop, crop_scale)
         self.classifier = _build_classifier(backbone, num_classes, pretrained, dropout, head_init)
         self.num_classes = num_classes
 
     def classify(self, maps: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.prepare(minmax_per_image(maps)))
+        return self.classifier(self.prepare(self.scale(maps)))
 
 
 class FAELatentClassifier(_PreparedClassifier):
-    """Stage 2: the frozen FAE's latent of the stacked modalities, min-max normalised per image to [0, 1],
+    """Stage 2: the frozen FAE's latent of the stacked modalities, min-max normalised to [0, 1] (per channel),
     resized to ``input_size`` (random resized crops per ``crop``), ImageNet-normalised, classified.
 
     Args:
@@ -367,19 +375,26 @@ class FAELatentClassifier(_PreparedClassifier):
         input_size: the classifier's input (224; the stand-in demo 64).
         crop: see ``ClassifierInput`` (``always`` = the code's test-time random crops).
         head_init: U(low, high) init of the final Linear's weight (the code's 1e-4, 1e-3); None: default.
+        latent_norm: ``channel`` (each latent channel min-max scaled to [0, 1] on its own, default) or ``image``
+            (the 3 channels together). The paper does not say; the code writes the raw latent x 255 to uint8
+            PNGs. With ``image`` the latent channels' different offsets (the untrained ``conv_latent`` of the
+            code-faithful FAE adds its own bias to each) take the whole [0, 1] range and leave the spatial
+            variation that carries the class ~1e-6 wide: the classifier then cannot learn (stand-in: train loss
+            stays at ln 2, AUROC 0.5).
     """
 
     def __init__(self, fae_checkpoint: Optional[str] = None, fae: Optional[nn.Module] = None,
                  backbone: str = "efficientnet_b4", num_classes: int = 2, pretrained: Optional[str] = None,
                  input_size: int = 224, crop: Literal["train", "always", "none"] = "train",
                  crop_scale: Sequence[float] = (0.08, 1.0), head_init: Optional[Sequence[float]] = (1e-4, 1e-3),
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, latent_norm: Literal["channel", "image"] = "channel"):
         super().__init__()
         self.fae = load_fae(fae_checkpoint, fae)
         for parameter in self.fae.parameters():
             parameter.requires_grad_(False)
         self.fae.eval()
-        self._init_classifier(backbone, num_classes, pretrained, input_size, crop, crop_scale, head_init, dropout)
+        self._init_classifier(backbone, num_classes, pretrained, input_size, crop, crop_scale, head_init, dropout,
+                              latent_norm)
 
     def train(self, mode: bool = True) -> "FAELatentClassifier":
         super().train(mode)

@@ -140,6 +140,23 @@ def test_decoder_bn_flag():
 
 
 # -- stage 2 pieces -------------------------------------------------------------------------------------
+def test_minmax_per_channel_keeps_what_channel_offsets_hide_from_the_joint_scaling():
+    """A latent whose channels sit at different offsets (the untrained conv_latent's biases) with a small spatial
+    signal: scaling the image as a whole leaves the signal ~1e-6 wide, scaling each channel spreads it over [0, 1]."""
+    from lightning_modules.thyroid_fae import minmax_per_channel
+
+    torch.manual_seed(0)
+    signal = torch.rand(2, 3, 6, 6) * 1e-6
+    x = signal + torch.tensor([0.0, 1.0, 0.9]).view(1, 3, 1, 1)
+    joint, own = minmax_per_image(x), minmax_per_channel(x)
+    assert float((joint.amax((2, 3)) - joint.amin((2, 3))).max()) < 1e-5
+    for b in range(2):
+        for c in range(3):
+            ref = (x[b, c] - x[b, c].min()) / (x[b, c].max() - x[b, c].min())
+            assert torch.allclose(own[b, c], ref, atol=1e-4) and float(own[b, c].max()) == pytest.approx(1.0)
+    assert torch.equal(minmax_per_channel(torch.ones(1, 2, 3, 3)), torch.zeros(1, 2, 3, 3))
+
+
 def test_minmax_per_image():
     x = torch.randn(4, 3, 5, 5) * torch.tensor([1.0, 10, 100, 0]).view(4, 1, 1, 1)
     y = minmax_per_image(x)
