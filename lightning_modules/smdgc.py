@@ -194,9 +194,12 @@ class GraphCutPostprocessor(SegmentationPostprocessor):
         self.intensity_model = GaussianIntensityModel(num_classes)
 
     def fit(self, loader) -> None:
-        self.intensity_model.fit({"image": batch["image"].cpu().numpy() if hasattr(batch["image"], "cpu")
-                                  else batch["image"], "mask": batch["mask"].cpu().numpy()
-                                  if hasattr(batch["mask"], "cpu") else batch["mask"]} for batch in loader)
+        """The intensity variants' class models, from the training batches (``image``, ``mask``)."""
+        def arrays(batch: dict) -> dict:
+            return {key: np.asarray(batch[key].cpu() if hasattr(batch[key], "cpu") else batch[key])
+                    for key in ("image", "mask")}
+
+        self.intensity_model.fit(arrays(batch) for batch in loader)
 
     # -- the terms ---------------------------------------------------------------------------------
     def _unet_terms(self, probabilities: np.ndarray):
