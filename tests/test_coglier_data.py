@@ -208,6 +208,7 @@ def test_msp_threshold_filters_train_and_test(monkeypatch):
 
 
 def test_riemannian_potato_matches_pyriemann():
+    pytest.importorskip("pyriemann")
     from pyriemann.artifact_detection import Potato
     from pyriemann.estimation import Covariances
 
