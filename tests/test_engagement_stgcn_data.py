@@ -54,6 +54,8 @@ def test_engagenet_layout_split_and_items(tmp_path):
     x = strided.train_set[0]["signal"]
     assert x.shape == (2, 75, 78)
     assert torch.equal(x, torch.from_numpy(arrays["s01-c1"][::4, :, :2]).permute(2, 0, 1))
+    short = np.ones((3, 78, 3), np.float32)
+    assert fit_length(short, 5)[3:].sum() == 0 and fit_length(short, 2).shape == (2, 78, 3) and fit_length(short, None) is short
     assert parse_label("barely-engaged") == 1 and parse_label("3") == 3 and parse_label("SNP(Subject Not Present)") is None
     with pytest.raises(ValueError):
         parse_label("bored")

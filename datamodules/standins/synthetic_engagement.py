@@ -9,8 +9,6 @@ Engaged (Online SE's task). The three splits use distinct seeds.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 
 from datamodules.engagenet import CLASSES as ENGAGENET_CLASSES
