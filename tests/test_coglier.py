@@ -192,3 +192,30 @@ def test_the_whole_analysis_runs_as_one_study(tmp_path):
     assert summary["groups"]["low"] == ["4"]
     assert 0 <= summary["id"]["test/rr"] < 1 and summary["id"]["test/acc"] > 1 / 3
     assert "Table 2" in (study_dir / "coglier_tables.md").read_text()
+
+
+@pytest.mark.parametrize("base, electrodes, samples", [("seed", 62, 400), ("gameemo_valence", 14, 256)])
+def test_each_settings_network_takes_its_inputs(repo_root, base, electrodes, samples):
+    """Every model setting on a base switches the network class: with the base's shared init args kept (as
+    jsonargparse keeps them), the network must take the input layout its data setting asks for."""
+    import importlib
+    import inspect
+
+    import yaml
+
+    root = repo_root / "experiments" / "coglier"
+    base_cfg = yaml.safe_load((root / f"{base}.yaml").read_text())
+    base_net = base_cfg["model"]["init_args"]["network"]
+    shapes = {"grid": (4, 9, 9), "channels": (electrodes, 4), "raw": (electrodes, samples)}
+    for path in sorted((root / base).glob("*_odm.yaml")):
+        setting = yaml.safe_load(path.read_text())
+        net_cfg = setting["model"]["init_args"]["network"]
+        module, name = net_cfg["class_path"].rsplit(".", 1)
+        cls = getattr(importlib.import_module(module), name)
+        accepted = inspect.signature(cls).parameters
+        kwargs = {k: v for k, v in base_net["init_args"].items() if k in accepted}
+        kwargs.update(net_cfg["init_args"], num_classes=base_cfg["model"]["init_args"]["num_classes"])
+        layout = setting["data"]["init_args"]["input_layout"]
+        with torch.no_grad():
+            out = cls(**kwargs).eval()(torch.randn(2, *shapes[layout]))
+        assert out.shape == (2, kwargs["num_classes"]), path.name
