@@ -219,6 +219,8 @@ class POCUSOODTask(ClassificationTask):
             cancer-AUC leave-out fractions, the AUROC bootstrap resamples of the ID test set.
         malignant: the class index of the cancer-vs-rest AUC.
         checkpoint: "best" (``best.ckpt`` by the validation metric) or "last" (no monitor: the last epoch).
+        score_exit: with ``scorer: energy``, score with this exit's energy (0 = the first early exit, -1 = the
+            final output) instead of the final one: Table 4's per-exit rows.
     Logs ``test/<ood>/auroc_train``, ``.../auroc_ci_low|high``, ``.../fpr95_train``, ``.../fpr80_train`` and
     ``test/cancer_auc_lo<pct>`` next to ClassificationTask's ``test/<ood>/ood_*``.
     """
@@ -226,10 +228,13 @@ class POCUSOODTask(ClassificationTask):
     def __init__(self, *args, scorer: str = "softmax", temperature: float = 1e-3,
                  exit_weights: Optional[list[float]] = None, tpr_levels: Sequence[float] = (0.95, 0.80),
                  leave_out: Sequence[float] = (0.0, 0.05, 0.20), bootstrap: int = 1000, bootstrap_seed: int = 0,
-                 malignant: int = 2, checkpoint: str = "best", **kwargs):
+                 malignant: int = 2, checkpoint: str = "best", score_exit: Optional[int] = None, **kwargs):
         super().__init__(*args, **kwargs)
         if scorer not in ("softmax", "energy", "multilevel", "ens_var", "ens_wvar", "ens_epi"):
             raise ValueError(f"unknown scorer {scorer!r}")
+        if score_exit is not None and scorer != "energy":
+            raise ValueError("score_exit (one exit's energy, Table 4) goes with scorer: energy")
+        self.score_exit = score_exit
         if checkpoint not in ("best", "last"):
             raise ValueError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
         if checkpoint == "last":  # best.ckpt is then the last epoch's (no monitored metric): the card's choice
@@ -263,6 +268,9 @@ class POCUSOODTask(ClassificationTask):
         if self.scorer == "multilevel":
             outs = self.network.forward_exits(x)
             return outs[-1], [energy_score(z, self.temperature) for z in outs]
+        if self.score_exit is not None:  # one exit's energy (Table 4); classification stays on the final exit
+            outs = self.network.forward_exits(x)
+            return outs[-1], [energy_score(outs[self.score_exit], self.temperature)]
         logits = self(x)
         s = softmax_score(logits) if self.scorer == "softmax" else energy_score(logits, self.temperature)
         return logits, [s]

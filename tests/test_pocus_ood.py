@@ -253,3 +253,16 @@ def test_demo_config_learns_on_a_small_standin_and_scores_the_ood_sets(tmp_path)
         for key in ("auroc_train", "auroc_ci_low", "auroc_ci_high", "fpr95_train", "fpr80_train"):
             assert 0.0 <= results[f"test/{name}/{key}"] <= 1.0, (name, key)
     assert all(0.0 <= results[f"test/cancer_auc_lo{lo}"] <= 1.0 for lo in (0, 5, 20))
+
+
+def test_score_exit_scores_one_exit_and_classifies_with_the_last():
+    torch.manual_seed(0)
+    net = po.POCUSCNN(input_size=32, exit_after=[2, 4]).eval()
+    task = po.POCUSOODTask(network=net, num_classes=3, scorer="energy", score_exit=0, temperature=1.0)
+    x = torch.rand(4, 1, 32, 32)
+    logits, raw = task.raw_scores(x)
+    outs = net.forward_exits(x)
+    torch.testing.assert_close(logits, outs[-1])
+    torch.testing.assert_close(raw[0], po.energy_score(outs[0], 1.0))
+    with pytest.raises(ValueError, match="score_exit"):
+        po.POCUSOODTask(network=net, num_classes=3, scorer="softmax", score_exit=0)
