@@ -49,11 +49,24 @@ def reference_face(path: Optional[str] = None) -> np.ndarray:
     return face[:, :2]
 
 
-def landmark_adjacency(num_nodes: int = 78, graph_reference: Optional[str] = None) -> np.ndarray:
+def landmark_adjacency(num_nodes: int = 78, graph_reference: Optional[str] = None,
+                       hand_landmarks: bool = False) -> np.ndarray:
+    """The face's Delaunay adjacency; with ``hand_landmarks`` block-diagonal with MediaPipe's 21-point hand skeleton
+    (``HAND_CONNECTIONS``; the paper gives no hand graph: choice), nodes 78-98."""
     face = reference_face(graph_reference)
     if len(face) != num_nodes:
         raise ValueError(f"the reference face has {len(face)} landmarks, the network {num_nodes} nodes")
-    return delaunay_adjacency(face)
+    adjacency = delaunay_adjacency(face)
+    if not hand_landmarks:
+        return adjacency
+    from datamodules.face_landmarks import HAND_CONNECTIONS, NUM_HAND_LANDMARKS
+
+    hand = np.zeros((NUM_HAND_LANDMARKS, NUM_HAND_LANDMARKS), np.float32)
+    i, j = np.array(HAND_CONNECTIONS).T
+    hand[i, j] = hand[j, i] = 1.0
+    full = np.zeros((num_nodes + NUM_HAND_LANDMARKS,) * 2, np.float32)
+    full[:num_nodes, :num_nodes], full[num_nodes:, num_nodes:] = adjacency, hand
+    return full
 
 
 class EngagementSTGCN(nn.Module):
@@ -69,6 +82,8 @@ class EngagementSTGCN(nn.Module):
         edge_importance: learn Eq. 1's M per layer (N x N, ones at init).
         single_logit: one output channel z (binary, sigmoid); forward returns (0, z) (see the module doc).
         graph_reference: the reference face of the Delaunay graph (``reference_face``).
+        hand_landmarks: 21 hand landmarks follow the face's (Table 3's last row): num_nodes + 21 nodes, the hand
+            skeleton as their graph (``landmark_adjacency``).
         input_bn_momentum: the input BatchNorm's running-statistics momentum (PyTorch's and st-gcn's 0.1); None: a
             cumulative average, which estimates the fixed input distribution within a few steps where 0.1 needs
             ~100 (its running variance starts at 1, raw coordinates vary by ~1e-4): the short stand-in runs use it.
@@ -78,7 +93,7 @@ class EngagementSTGCN(nn.Module):
                  channels: Sequence[int] = (64, 128, 256), residual: Sequence[bool] = (False, True, True),
                  temporal_kernel: int = 9, dropout: float = 0.1, edge_importance: bool = True,
                  single_logit: bool = False, graph_reference: Optional[str] = None,
-                 input_bn_momentum: Optional[float] = 0.1):
+                 hand_landmarks: bool = False, input_bn_momentum: Optional[float] = 0.1):
         super().__init__()
         if len(channels) != len(residual):
             raise ValueError(f"channels {list(channels)} and residual {list(residual)} differ in length")
@@ -86,7 +101,9 @@ class EngagementSTGCN(nn.Module):
             raise ValueError(f"single_logit is a binary head: num_classes must be 2, got {num_classes}")
         self.num_classes, self.in_channels, self.num_nodes = num_classes, in_channels, num_nodes
         self.single_logit = single_logit
-        adjacency = landmark_adjacency(num_nodes, graph_reference)
+        adjacency = landmark_adjacency(num_nodes, graph_reference, hand_landmarks)
+        num_nodes = len(adjacency)
+        self.num_nodes = num_nodes
         self.data_bn = nn.BatchNorm1d(in_channels * num_nodes, momentum=input_bn_momentum)
         widths = [in_channels, *channels]
         self.layers = nn.ModuleList(

@@ -188,3 +188,35 @@ def test_engagenet_paper_configs_run_both_stages_on_the_fixture(tmp_path):
               *common])
     result = json.loads((tmp_path / "runs" / "engagement_stgcn_engagenet_ordinal" / "b" / "results.json").read_text())
     assert 0.0 <= result["test/acc"] <= 1.0 and result["paper"]["test/acc"] == 0.7124
+
+
+def test_hand_landmarks_are_appended_as_nodes(tmp_path):
+    """Table 3's last row: hands/<clip>.npy (T, 21, 3) appended as nodes 78-98, fitted to the clip's length;
+    a missing hand file is a DatasetError; the network's graph is the face's Delaunay + the hand skeleton."""
+    from datamodules.face_landmarks import HAND_CONNECTIONS
+    from lightning_modules.engagement_stgcn import EngagementSTGCN, landmark_adjacency
+
+    root = tmp_path / "EngageNet"
+    arrays = write_engagenet(root, np.random.default_rng(0))
+    (root / "hands").mkdir()
+    rng = np.random.default_rng(3)
+    hands = {clip: rng.random((250, 21, 3)).astype(np.float32) for clip in arrays}
+    for clip, array in hands.items():
+        np.save(root / "hands" / f"{clip}.npy", array)
+    dm = EngageNetDataModule(data_dir=str(root), hands=True, num_workers=0)
+    dm.setup("fit")
+    x = dm.train_set[0]["signal"]  # s01-c1: 300 face frames, 250 hand frames padded with zeros
+    assert x.shape == (3, 300, 99)
+    assert torch.equal(x[:, :250, 78:], torch.from_numpy(hands["s01-c1"]).permute(2, 0, 1))
+    assert torch.all(x[:, 250:, 78:] == 0) and torch.equal(x[:, :, :78], torch.from_numpy(arrays["s01-c1"]).permute(2, 0, 1))
+    net = EngagementSTGCN(4, channels=(4,), residual=(False,), hand_landmarks=True)
+    assert net(x[None]).shape == (1, 4)
+    a = landmark_adjacency(78, hand_landmarks=True)
+    assert a.shape == (99, 99) and np.array_equal(a, a.T) and a[78:, 78:].sum() == 2 * len(HAND_CONNECTIONS)
+    assert a[:78, 78:].sum() == 0 and np.array_equal(a[:78, :78], landmark_adjacency(78))
+    (root / "hands" / "s02-c1.npy").unlink()
+    with pytest.raises(DatasetError, match="landmark clip missing"):
+        EngageNetDataModule(data_dir=str(root), hands=True, num_workers=0).setup("fit")
+    hand_points = np.ones((21, 3), np.float32)
+    clip = extract_clip([np.zeros((4, 4, 3), np.uint8)] * 2, lambda frame: hand_points, hands=True)
+    assert clip.shape == (2, 21, 3)
