@@ -62,7 +62,8 @@ def isic2019_items(module: DebasedDataModule, root: Path, masks_dir: Optional[Pa
         try:
             hot = [float(row[c]) for c in ISIC_CLASSES]
         except ValueError:
-            raise module.error(f"line {line}: non-numeric class columns for {row['image']}", root / GROUND_TRUTH) from None
+            raise module.error(f"line {line}: non-numeric class columns for {row['image']}",
+                               root / GROUND_TRUTH) from None
         if sorted(hot) != [0.0] * (len(hot) - 1) + [1.0]:
             raise module.error(f"line {line}: {row['image']} is not one-hot over {', '.join(ISIC_CLASSES)}",
                                root / GROUND_TRUTH)

@@ -45,7 +45,8 @@ def isic2020_items(module: DebasedDataModule, root: Path, masks_dir: Optional[Pa
     rows = read_csv_rows(module, truth, ("image_name", "patient_id", "diagnosis"))
     dropped = set()
     if (root / DUPLICATES).is_file():
-        dropped = {r["image_name_2"] for r in read_csv_rows(module, root / DUPLICATES, ("image_name_1", "image_name_2"))}
+        pairs = read_csv_rows(module, root / DUPLICATES, ("image_name_1", "image_name_2"))
+        dropped = {r["image_name_2"] for r in pairs}
     masks_dir = root / "masks" if masks_dir is None else masks_dir
     items = []
     for line, row in enumerate(rows, start=2):

@@ -317,4 +317,5 @@ def gradcam_panel(study_dir, results: list[dict]) -> str:
     figure.tight_layout()
     figure.savefig(study_dir / "gradcam.png", dpi=100)
     plt.close(figure)
-    return f"Grad-CAM of P(positive class) per run, the same test images in every row (paper Fig. 3): {study_dir / 'gradcam.png'}"
+    return (f"Grad-CAM of P(positive class) per run, the same test images in every row (paper Fig. 3): "
+            f"{study_dir / 'gradcam.png'}")

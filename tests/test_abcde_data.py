@@ -5,7 +5,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from datamodules.base import DatasetError
@@ -187,7 +186,8 @@ def write_isic2020(root: Path, n=12):
         _jpg(root / "train" / f"{name}.jpg", 100 + i)
         _mask(root / "masks" / f"{name}.png")
     (root / "ISIC_2020_Training_GroundTruth.csv").write_text("\n".join(lines) + "\n")
-    (root / "ISIC_2020_Training_Duplicates.csv").write_text(f"image_name_1,image_name_2\nISIC_9000000,ISIC_{9000000 + n - 1}\n")
+    duplicates = f"image_name_1,image_name_2\nISIC_9000000,ISIC_{9000000 + n - 1}\n"
+    (root / "ISIC_2020_Training_Duplicates.csv").write_text(duplicates)
 
 
 def test_isic2019_reader(tmp_path):
