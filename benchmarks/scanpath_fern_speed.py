@@ -103,8 +103,8 @@ def bench(make, args) -> list:
         net(big)
         _sync(device)
         infer_rate = args.infer_batch / (time.perf_counter() - t)
-    return [f"{count_parameters(net):,}", f"{train_rate:.1f}", f"{statistics.median(times) * 1e3:.1f}",
-            f"{infer_rate:.1f}", f"{memory:.0f}"]
+    return [f"{count_parameters(net):,}", f"{train_rate:.3g}", f"{statistics.median(times) * 1e3:.4g}",
+            f"{infer_rate:.3g}", f"{memory:.0f}"]
 
 
 def main(argv=None) -> None:

@@ -190,9 +190,9 @@ def test_task_puts_ranges_in_their_own_group_and_clamps():
 
 
 def test_demo_learns_and_beats_the_prior(tmp_path):
-    """A shortened demo (8 epochs): the loss falls from chance level, test accuracy far above the 1/6 prior, the
+    """A shortened demo (6 epochs): the loss falls from chance level, test accuracy far above the 1/6 prior, the
     ranges moved and stayed in bounds, and the best checkpoint reloads."""
-    cli = run.main(["--config", DEMO, "--trainer.max_epochs", "8", "--runs_dir", str(tmp_path), "--run_id", "t",
+    cli = run.main(["--config", DEMO, "--trainer.max_epochs", "6", "--runs_dir", str(tmp_path), "--run_id", "t",
                     "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"])
     results = json.loads((tmp_path / "scanpath_fern_demo" / "t" / "results.json").read_text())
     assert results["test/acc_prior"] == pytest.approx(1 / 6, abs=0.02)
