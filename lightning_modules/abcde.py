@@ -33,6 +33,8 @@ from torch import nn
 from torchmetrics.functional.classification import (binary_accuracy, binary_f1_score, binary_precision,
                                                     binary_recall, binary_roc, binary_specificity)
 
+from lightning_modules.gradcam import display_images as _display_images
+from lightning_modules.gradcam import gradcam_figure, unit_normalizer  # noqa: F401 (re-exported)
 from lightning_modules.metrics.ood import SourcedScores
 from lightning_modules.tasks.classification import ClassificationTask
 
@@ -240,47 +242,6 @@ class ABCDETask(ClassificationTask):
                             maps=maps[:, 0].cpu().numpy().astype(np.float32), labels=labels.cpu().numpy(),
                             probs=probs.float().cpu().numpy(), names=np.array(names))
         self._cam_batches = []
-
-
-def unit_normalizer(maps: torch.Tensor) -> torch.Tensor:
-    """Each map min-max scaled to [0, 1], high = important (MONAI's ``default_normalizer`` maps (min, max) to (1, 0),
-    the reverse); constant maps become 0."""
-    flat = maps.flatten(1)
-    low = flat.min(1).values.view(-1, *[1] * (maps.dim() - 1))
-    high = flat.max(1).values.view(-1, *[1] * (maps.dim() - 1))
-    return torch.where(high > low, (maps - low) / (high - low).clamp_min(1e-12), torch.zeros_like(maps))
-
-
-def _display_images(images: torch.Tensor) -> np.ndarray:
-    """(B, H, W, 3) uint8 for display: each image min-max scaled (normalisation-agnostic)."""
-    x = images.detach().float().cpu()
-    if x.shape[1] == 1:
-        x = x.repeat(1, 3, 1, 1)
-    low = x.flatten(1).min(1).values[:, None, None, None]
-    high = x.flatten(1).max(1).values[:, None, None, None]
-    x = (x - low) / (high - low).clamp_min(1e-6)
-    return (x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-
-
-def gradcam_figure(images: np.ndarray, maps: np.ndarray, titles: list[str]):
-    """Images (N, H, W, 3) uint8 above themselves with their Grad-CAM maps (N, H, W) in [0, 1] overlaid (jet,
-    alpha 0.45): 2 rows of N panels."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(images)
-    figure, axes = plt.subplots(2, n, figsize=(1.6 * n + 0.4, 3.6), squeeze=False)
-    for i in range(n):
-        axes[0, i].imshow(images[i])
-        axes[0, i].set_title(titles[i], fontsize=7)
-        axes[1, i].imshow(images[i])
-        axes[1, i].imshow(maps[i], cmap="jet", alpha=0.45, vmin=0, vmax=1)
-        for ax in axes[:, i]:
-            ax.axis("off")
-    figure.tight_layout()
-    return figure
 
 
 # ---- the study's extra output ----------------------------------------------------------------------------------
