@@ -68,7 +68,7 @@ def guided_backprop(network: nn.Module, images: torch.Tensor, targets: torch.Ten
         with torch.inference_mode(False), torch.enable_grad():
             x = images.detach().clone().requires_grad_(True)
             logits = network(x)
-            score = logits.gather(1, targets.long().to(x.device)[:, None]).sum()
+            score = logits.gather(1, targets.detach().long().to(x.device).clone()[:, None]).sum()
             (gradient,) = torch.autograd.grad(score, x)
     finally:
         for handle in handles:
