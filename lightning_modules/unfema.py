@@ -201,13 +201,17 @@ def _hartley(points: torch.Tensor, mask: torch.Tensor):
     count = weight.sum(1).clamp_min(1)
     centroid = (points * weight).sum(1) / count
     centred = points - centroid.unsqueeze(1)
-    rms = torch.sqrt(((centred ** 2).sum(-1, keepdim=True) * weight).sum(1) / count)
+    rms = torch.sqrt(((centred ** 2).sum(-1, keepdim=True) * weight).sum(1) / count + 1e-12)
     factor = math.sqrt(2.0) / rms.clamp_min(1e-12)  # (B, 1)
     matrix = torch.zeros(points.shape[0], 3, 3, device=points.device, dtype=points.dtype)
     matrix[:, 0, 0] = matrix[:, 1, 1] = factor[:, 0]
     matrix[:, :2, 2] = -factor * centroid
     matrix[:, 2, 2] = 1.0
     return matrix, centred * factor.unsqueeze(1)
+
+
+def _finite_gradient(grad: torch.Tensor) -> torch.Tensor:
+    return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def weighted_affine_dlt(src: torch.Tensor, dst: torch.Tensor, weights: torch.Tensor,
@@ -217,6 +221,9 @@ def weighted_affine_dlt(src: torch.Tensor, dst: torch.Tensor, weights: torch.Ten
     leaves padded points out (also of the normalisation). Solved by the last right singular vector of W A after
     Hartley normalisation, then de-normalised. Differentiable in the points and the weights."""
     mask = torch.ones_like(weights, dtype=torch.bool) if mask is None else mask
+    for tensor in (src, dst, weights):  # see the hook on the system below
+        if tensor.requires_grad:
+            tensor.register_hook(_finite_gradient)
     weights = torch.where(mask, weights, torch.zeros_like(weights))
     t_src, src_n = _hartley(src, mask)
     t_dst, dst_n = _hartley(dst, mask)
@@ -230,9 +237,11 @@ def weighted_affine_dlt(src: torch.Tensor, dst: torch.Tensor, weights: torch.Ten
     if system.requires_grad:
         # a degenerate pair (repeated singular values: collinear or coincident matches) has an undefined SVD
         # gradient; it is dropped (set to 0) instead of poisoning the weights with NaN
-        system.register_hook(lambda grad: torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0))
+        system.register_hook(_finite_gradient)
     v = torch.linalg.svd(system, full_matrices=False).Vh[:, -1]  # (B, 7)
-    h = -v[:, :6] / v[:, 6:]
+    last = v[:, 6:]
+    last = torch.where(last.abs() < 1e-8, torch.full_like(last, 1e-8) * torch.where(last < 0, -1.0, 1.0), last)
+    h = -v[:, :6] / last
     normalised = torch.cat([h.view(-1, 2, 3), torch.tensor([0.0, 0.0, 1.0], device=h.device, dtype=h.dtype)
                             .expand(h.shape[0], 1, 3)], 1)
     matrix = torch.linalg.solve(t_dst, normalised @ t_src)
