@@ -108,7 +108,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     name = args.backbone + (f" x{args.width:g}" if args.width != 1 else "")
     print(f"| {name} | {args.size} | {args.device} {args.precision} | {count_parameters(network):,} | "
-          f"{args.batch_size / train:.1f} | {args.batch_size / batch:.1f} | {1e3 * one:.1f} | {1e3 * cam:.1f} | "
+          f"{args.batch_size / train:.3g} | {args.batch_size / batch:.3g} | {1e3 * one:.1f} | {1e3 * cam:.1f} | "
           f"{peak:.0f} |")
 
 
