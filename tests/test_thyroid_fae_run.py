@@ -62,8 +62,9 @@ def test_stage2_without_a_checkpoint_names_the_stage1_command():
 @pytest.mark.slow
 def test_both_demo_stages_beat_the_prior(tmp_path):
     """The two demos as written (stage 1: the FAE, 3 epochs; stage 2: ResNet-18 on its per-channel min-max latent,
-    8 epochs): the test AUROC from labels (the paper's metric; 0.5 for any one-class prediction) and from the FTC
-    sigmoid clear the prior, and the accuracy beats the majority class. About 5 minutes on 2 CPU cores."""
+    12 epochs at lr 1e-4): the test AUROC from labels (the paper's metric; 0.5 for any one-class prediction) and
+    from the FTC sigmoid clear the prior, and the accuracy beats the majority class (16 test RoIs from 2 held-out
+    sections). About 5 minutes on 2 CPU cores."""
     torch.set_num_threads(2)
     quiet = ["--trainer.enable_progress_bar", "false", "--trainer.logger", "false", "--runs_dir", str(tmp_path)]
     run.main(["--config", str(ROOT / "experiments" / "thyroid_fae_demo_fae.yaml"), *quiet, "--run_id", "s1"])
@@ -71,6 +72,7 @@ def test_both_demo_stages_beat_the_prior(tmp_path):
     run.main(["--config", str(ROOT / "experiments" / "thyroid_fae_demo.yaml"), *quiet, "--run_id", "s2",
               "--model.init_args.network.init_args.fae_checkpoint", str(checkpoint)])
     results = json.loads((tmp_path / "thyroid_fae_demo" / "s2" / "results.json").read_text())
-    assert results["test/auroc_labels"] >= 0.7, results["test/auroc_labels"]
-    assert results["test/auroc_probs"] >= 0.8, results["test/auroc_probs"]
-    assert results["test/acc"] > results["test/acc_prior"] + 0.15
+    # 16 test RoIs (8 per class): 0.625 is 2 RoIs more right than a one-class prediction (0.5); measured 0.75
+    assert results["test/auroc_labels"] >= 0.625, results["test/auroc_labels"]
+    assert results["test/auroc_probs"] >= 0.75, results["test/auroc_probs"]  # measured 0.875
+    assert results["test/acc"] >= results["test/acc_prior"] + 0.125, results["test/acc"]  # measured 0.75 vs 0.5
