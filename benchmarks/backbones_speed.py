@@ -16,11 +16,9 @@ Prints a markdown table. Data loading is not timed.
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -31,33 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from lightning_modules.backbones import BACKBONES, ImageClassifier  # noqa: E402
 from lightning_modules.utils import count_parameters  # noqa: E402
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _autocast(device: torch.device, precision: str):
-    if precision == "32-true":
-        return torch.autocast(device.type, enabled=False)
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision.startswith("bf16") else torch.float16)
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
-
-
-def _timed(fn, device, warmup: int, steps: int) -> list[float]:
-    times = []
-    for i in range(warmup + steps):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return times
+from benchmarks.timing import autocast, peak_memory_mb, step_times  # noqa: E402
 
 
 def benchmark(name: str, args) -> str:
@@ -71,7 +43,7 @@ def benchmark(name: str, args) -> str:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def train_step():
-        with _autocast(device, args.precision):
+        with autocast(device, args.precision):
             loss = F.cross_entropy(model(images).float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -80,17 +52,17 @@ def benchmark(name: str, args) -> str:
     model.train()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    rss_before = peak_rss_mb()
-    train = _timed(train_step, device, args.warmup, args.steps)
+    rss_before = peak_memory_mb("cpu")
+    train = step_times(train_step, device, args.steps, args.warmup)
     if device.type == "cuda":
         memory = f"{torch.cuda.max_memory_allocated(device) / 2**20:,.0f} MiB (CUDA)"
     else:
-        memory = f"+{peak_rss_mb() - rss_before:,.0f} MiB (RSS)"
+        memory = f"+{peak_memory_mb('cpu') - rss_before:,.0f} MiB (RSS)"
 
     model.eval()
-    with torch.no_grad(), _autocast(device, args.precision):
-        single = _timed(lambda: model(images[:1]), device, args.warmup, args.steps)
-        batch = _timed(lambda: model(images), device, args.warmup, args.steps)
+    with torch.no_grad(), autocast(device, args.precision):
+        single = step_times(lambda: model(images[:1]), device, args.steps, args.warmup)
+        batch = step_times(lambda: model(images), device, args.steps, args.warmup)
     return (f"| {name} | {count_parameters(model):,} | {args.size}x{args.size} | {args.batch_size} | "
             f"{args.batch_size * len(train) / sum(train):.1f} | {1000 * statistics.median(single):.1f} | "
             f"{args.batch_size * len(batch) / sum(batch):.1f} | {memory} |")

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import resource
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,6 +26,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datamodules.eeg_features import window_band_de, window_band_psd  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.timing import median_time, peak_memory_mb  # noqa: E402
 from lightning_modules.coglier import CCNN, DGCNN, TSception  # noqa: E402
 
 DATASETS = {"seed": (62, 400, 200.0, 3), "gameemo": (14, 256, 128.0, 9)}
@@ -40,29 +42,6 @@ def build(model: str, dataset: str):
     if model == "tsception":
         return TSception(classes, num_electrodes=electrodes, sampling_rate=fs), (electrodes, samples)
     return DGCNN(classes, num_electrodes=electrodes), (electrodes, 4)
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _peak_mb(device: str) -> float:
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2 ** 20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _timed(fn, steps: int, device: str) -> float:
-    times = []
-    for step in range(steps + 1):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        if step:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -86,7 +65,7 @@ def main() -> None:
         for dataset in args.datasets:
             if device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
-            base = 0.0 if device.startswith("cuda") else _peak_mb(device)
+            base = 0.0 if device.startswith("cuda") else peak_memory_mb(device)
             net, shape = build(model, dataset)
             net = net.to(device)
             optimizer = torch.optim.Adam(net.parameters(), lr=1e-4, weight_decay=1e-4)
@@ -101,7 +80,7 @@ def main() -> None:
                 optimizer.step()
 
             net.train()
-            train = args.batch_size / _timed(train_step, args.steps, device)
+            train = args.batch_size / median_time(train_step, device, args.steps)
             net.eval()
             xe, x1 = torch.randn(args.eval_batch, *shape, device=device), torch.randn(1, *shape, device=device)
 
@@ -109,9 +88,9 @@ def main() -> None:
                 with torch.no_grad(), autocast:
                     net(inputs)
 
-            inference = args.eval_batch / _timed(lambda: infer(xe), args.steps, device)
-            latency = 1000 * _timed(lambda: infer(x1), 3 * args.steps, device)
-            peak = _peak_mb(device) - base
+            inference = args.eval_batch / median_time(lambda: infer(xe), device, args.steps)
+            latency = 1000 * median_time(lambda: infer(x1), device, 3 * args.steps)
+            peak = peak_memory_mb(device) - base
             params = sum(p.numel() for p in net.parameters())
             print(f"| {device} | {args.precision} | {model} | {dataset} | {params:,} | {train:,.0f} | "
                   f"{inference:,.0f} | {latency:.2f} | {peak:.0f} |")

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import resource
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,33 +26,14 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datamodules.eeg_features import differential_entropy  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.timing import median_time, peak_memory_mb  # noqa: E402
 from lightning_modules.contl import ConTL  # noqa: E402
 
 VARIANTS = {"full": {}, "no_cnn": {"use_cnn": False}, "no_transformer": {"use_transformer": False},
             "no_lstm": {"use_lstm": False}, "tokens": {"seq_mode": "tokens"}}
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _peak_mb(device: str) -> float:
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2 ** 20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _timed(fn, steps: int, device: str) -> float:
-    times = []
-    for step in range(steps + 1):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        if step:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -76,7 +55,7 @@ def main() -> None:
     for name in args.variants:
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
-        base = 0.0 if device.startswith("cuda") else _peak_mb(device)
+        base = 0.0 if device.startswith("cuda") else peak_memory_mb(device)
         net = ConTL(num_classes=4, **VARIANTS[name]).to(device)
         optimizer = torch.optim.Adam(net.parameters(), lr=2e-4, betas=(0.5, 0.999))
         x = torch.randn(args.batch_size, 62, 5, device=device)
@@ -90,7 +69,7 @@ def main() -> None:
             optimizer.step()
 
         net.train()
-        train = args.batch_size / _timed(train_step, args.steps, device)
+        train = args.batch_size / median_time(train_step, device, args.steps)
         xe = torch.randn(args.eval_batch, 62, 5, device=device)
         net.eval()
 
@@ -98,8 +77,8 @@ def main() -> None:
             with torch.no_grad(), autocast:
                 net(xe)
 
-        inference = args.eval_batch / _timed(infer, args.steps, device)
-        peak = _peak_mb(device) - base
+        inference = args.eval_batch / median_time(infer, device, args.steps)
+        peak = peak_memory_mb(device) - base
         params = sum(p.numel() for p in net.parameters())
         print(f"| {device} | {args.precision} | {name} | {params:,} | {train:,.0f} | {inference:,.0f} | {peak:.0f} |")
     eeg = np.random.default_rng(0).standard_normal((62, 200 * args.de_seconds))

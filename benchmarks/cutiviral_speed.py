@@ -13,13 +13,18 @@ the growth of the process's peak RSS on CPU (an upper bound). Prints a markdown 
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.timing import peak_memory_mb, sync  # noqa: E402
 from lightning_modules.backbones import ImageClassifier
 from lightning_modules.cutiviral import ConvAutoencoder, WGANCritic, WGANGenerator
 
@@ -27,36 +32,27 @@ CLASSIFIERS = {"vgg16": "vgg16", "resnet18": "resnet18", "resnet50": "resnet50",
                "effv2s": "efficientnet_v2_s"}
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def bench(name, parameters, train_step, infer, batch, device, steps, autocast):
-    rss0 = _peak_rss_mb()
+    rss0 = peak_memory_mb("cpu")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     with autocast():
         for _ in range(2):
             train_step()
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         for _ in range(steps):
             train_step()
-        _sync(device)
+        sync(device)
     throughput = steps * batch / (time.perf_counter() - start)
-    memory = torch.cuda.max_memory_allocated() / 2 ** 20 if device.type == "cuda" else _peak_rss_mb() - rss0
+    memory = torch.cuda.max_memory_allocated() / 2 ** 20 if device.type == "cuda" else peak_memory_mb("cpu") - rss0
     times = []
     with torch.no_grad(), autocast():
         for _ in range(steps + 2):
-            _sync(device)
+            sync(device)
             t = time.perf_counter()
             infer()
-            _sync(device)
+            sync(device)
             times.append(time.perf_counter() - t)
     latency = statistics.median(times[2:]) * 1000
     print(f"| {name} | {parameters / 1e6:.2f} M | {throughput:.1f} | {latency:.1f} | {memory:.0f} |", flush=True)

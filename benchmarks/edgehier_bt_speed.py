@@ -26,18 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datamodules.edge_pipeline import EdgePipeline  # noqa: E402
 from datamodules.standins.synthetic_brain_mri import synthetic_brain_slice  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.timing import autocast, sync  # noqa: E402
 from lightning_modules.edgehier_bt import HierarchicalClassificationTask, HierarchicalClassifier  # noqa: E402
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _autocast(device, precision):
-    if precision == "32-true":
-        return torch.autocast(device.type, enabled=False)
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision.startswith("bf16") else torch.float16)
 
 
 def main() -> None:
@@ -72,27 +65,27 @@ def main() -> None:
     task.train()
     step_times = []
     for step in range(args.steps + 1):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
-        with _autocast(device, args.precision):
+        with autocast(device, args.precision):
             loss = sum(task.stage_losses(x, y))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        _sync(device)
+        sync(device)
         if step:  # the first is warm-up
             step_times.append(time.perf_counter() - t0)
     peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0)
     task.eval()
     infer = []
-    with torch.no_grad(), _autocast(device, args.precision):
+    with torch.no_grad(), autocast(device, args.precision):
         one = x[:1]
         for i in range(6):
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             task(one)
-            _sync(device)
+            sync(device)
             if i:
                 infer.append(time.perf_counter() - t0)
     params = sum(p.numel() for p in task.network.stage1.parameters())

@@ -29,20 +29,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.timing import autocast, sync  # noqa: E402
 from lightning_modules.engagement_stgcn import (EngagementSTGCN, LandmarkLSTM, LandmarkTCN,  # noqa: E402
                                                 OrdinalSTGCN, ordinal_targets)
 from lightning_modules.utils import count_parameters  # noqa: E402
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _autocast(device, precision):
-    if precision == "32-true":
-        return torch.autocast(device.type, enabled=False)
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision.startswith("bf16") else torch.float16)
 
 
 def networks(args):
@@ -66,9 +59,9 @@ def bench(name, make, args) -> list:
     net.train()
     for step in range(args.warmup + args.steps):
         if step == args.warmup:
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
-        with _autocast(device, args.precision):
+        with autocast(device, args.precision):
             if isinstance(net, OrdinalSTGCN):
                 loss = F.binary_cross_entropy_with_logits(net.binary_logits(x).float(), ordinal_targets(y, 4))
             else:
@@ -76,23 +69,23 @@ def bench(name, make, args) -> list:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    _sync(device)
+    sync(device)
     train_rate = args.steps * args.batch_size / (time.perf_counter() - start)
     net.eval()
     times = []
-    with torch.no_grad(), _autocast(device, args.precision):
+    with torch.no_grad(), autocast(device, args.precision):
         for step in range(args.warmup + args.steps):
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             net(x[:1])
-            _sync(device)
+            sync(device)
             if step >= args.warmup:
                 times.append(time.perf_counter() - t0)
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         for _ in range(args.steps):
             net(x)
-        _sync(device)
+        sync(device)
         infer_rate = args.steps * args.batch_size / (time.perf_counter() - t0)
     memory = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)

@@ -29,6 +29,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.timing import sync  # noqa: E402
 from lightning_modules.blocks.angle_ferns import AngleFernHistogram  # noqa: E402
 from lightning_modules.scanpath_fern import ScanpathFernNet, ScanpathRNN  # noqa: E402
 from lightning_modules.utils import count_parameters  # noqa: E402
@@ -57,11 +61,6 @@ VARIANTS = {
 }
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def gaze(batch: int, samples: int, device) -> torch.Tensor:
     return torch.randn(batch, samples, 2, device=device).cumsum(dim=1)
 
@@ -77,13 +76,13 @@ def bench(make, args) -> list:
     net.train()
     for step in range(args.warmup + args.steps):
         if step == args.warmup:
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
         loss = F.cross_entropy(net(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    _sync(device)
+    sync(device)
     train_rate = args.steps * args.batch_size / (time.perf_counter() - start)
     memory = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
@@ -92,16 +91,16 @@ def bench(make, args) -> list:
     times = []
     with torch.no_grad():
         for i in range(args.warmup + args.steps):
-            _sync(device)
+            sync(device)
             t = time.perf_counter()
             net(one)
-            _sync(device)
+            sync(device)
             if i >= args.warmup:
                 times.append(time.perf_counter() - t)
-        _sync(device)
+        sync(device)
         t = time.perf_counter()
         net(big)
-        _sync(device)
+        sync(device)
         infer_rate = args.infer_batch / (time.perf_counter() - t)
     return [f"{count_parameters(net):,}", f"{train_rate:.3g}", f"{statistics.median(times) * 1e3:.4g}",
             f"{infer_rate:.3g}", f"{memory:.0f}"]
