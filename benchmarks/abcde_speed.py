@@ -13,10 +13,7 @@ loading is not timed (the datamodule caches the debased images). Prints a markdo
 from __future__ import annotations
 
 import argparse
-import resource
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -26,34 +23,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.timing import autocast, median_time, peak_memory_mb  # noqa: E402
 from datamodules.debasing import DEBASINGS, debase, item_rng  # noqa: E402
 from datamodules.standins.synthetic_lesions import abcd_lesion_image  # noqa: E402
 from lightning_modules.abcde import ABCDETask  # noqa: E402
 from lightning_modules.backbones import ImageClassifier  # noqa: E402
 from lightning_modules.utils import count_parameters  # noqa: E402
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _autocast(device, precision):
-    if precision == "32-true":
-        return torch.autocast(device.type, enabled=False)
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision.startswith("bf16") else torch.float16)
-
-
-def _median_time(fn, repeats: int, device) -> float:
-    times = []
-    for i in range(repeats + 1):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        if i:  # the first is warm-up
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -73,7 +48,7 @@ def main() -> None:
     image, mask, _ = abcd_lesion_image(np.random.default_rng(0), 0, 96)
     image = cv2.resize(image, (args.pre_size, args.pre_size), interpolation=cv2.INTER_LINEAR)
     mask = cv2.resize(mask, (args.pre_size, args.pre_size), interpolation=cv2.INTER_NEAREST)
-    debase_ms = {name: 1e3 * _median_time(lambda: debase(name, image, mask, item_rng(0, "x")), 5, torch.device("cpu"))
+    debase_ms = {name: 1e3 * median_time(lambda: debase(name, image, mask, item_rng(0, "x")), torch.device("cpu"), 5)
                  for name in DEBASINGS if name != "none"}
     print(f"debasing at {args.pre_size} px, ms per image: "
           + ", ".join(f"{name} {ms:.1f}" for name, ms in debase_ms.items()))
@@ -85,24 +60,24 @@ def main() -> None:
     y = torch.randint(0, args.num_classes, (args.batch_size,), device=device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss0 = peak_memory_mb("cpu")
 
     def train_step():
-        with _autocast(device, args.precision):
+        with autocast(device, args.precision):
             loss = F.cross_entropy(network(x).float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
     network.train()
-    train = _median_time(train_step, args.steps, device)
+    train = median_time(train_step, device, args.steps)
     network.eval()
-    with torch.no_grad(), _autocast(device, args.precision):
-        batch = _median_time(lambda: network(x), args.steps, device)
-        one = _median_time(lambda: network(x[:1]), args.steps, device)
-    cam = _median_time(lambda: task.gradcam(x[:1]), args.steps, device)
+    with torch.no_grad(), autocast(device, args.precision):
+        batch = median_time(lambda: network(x), device, args.steps)
+        one = median_time(lambda: network(x[:1]), device, args.steps)
+    cam = median_time(lambda: task.gradcam(x[:1]), device, args.steps)
     peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0)
+            else peak_memory_mb("cpu") - rss0)
     print(f"| backbone | size | device | params | train img/s (batch {args.batch_size}) | inference img/s "
           f"(batch {args.batch_size}) | latency ms (1 img) | Grad-CAM ms (1 img) | peak MB |")
     print("|---|---|---|---|---|---|---|---|---|")
