@@ -147,6 +147,7 @@ def test_learning_on_the_standin_beats_chance(tmp_path):
                                          feature="de", input_layout="channels", batch_size=16)
     task = CoglierTask(DGCNN(3, num_electrodes=14), num_classes=3, max_lr=1e-2, warmup_epochs=1)
     trainer = L.Trainer(max_epochs=8, accelerator="cpu", logger=L.pytorch.loggers.CSVLogger(tmp_path),
+                        default_root_dir=tmp_path,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(task, dm)
     history = pd.read_csv(next(tmp_path.rglob("metrics.csv")))

@@ -68,6 +68,7 @@ def test_learning_on_the_standin_beats_the_prior(tmp_path):
                      optimizer=lambda p: torch.optim.Adam(p, lr=1e-3, betas=(0.5, 0.999)))
     assert task.monitor == "val/loss" and task.monitor_mode == "min" and task.input_key == "signal"
     trainer = L.Trainer(max_epochs=8, accelerator="cpu", logger=L.pytorch.loggers.CSVLogger(tmp_path),
+                        default_root_dir=tmp_path,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         log_every_n_steps=1)
     trainer.fit(task, datamodule=dm)
