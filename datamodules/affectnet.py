@@ -66,9 +66,9 @@ class AffectNetDataModule(FacialExpressionDataModule):
             with open(table, newline="") as handle:
                 reader = csv.DictReader(handle)
                 needed = {"subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "expression"}
-                if needed - set(reader.fieldnames or []):
-                    raise self.error(f"{table.name} lacks the column(s) {sorted(needed - set(reader.fieldnames or []))}",
-                                     table)
+                missing = sorted(needed - set(reader.fieldnames or []))
+                if missing:
+                    raise self.error(f"{table.name} lacks the column(s) {missing}", table)
                 for number, row in enumerate(reader, start=2):
                     try:
                         code = int(row["expression"])

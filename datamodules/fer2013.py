@@ -31,8 +31,8 @@ def fer_augmentation() -> list:
     """The card's choice for the paper's unspecified augmentation: horizontal flips and a shift-scale-rotate (shift
     10 %, scale +-10 %, rotation +-10 degrees; edges replicated, Keras's ``fill_mode='nearest'``)."""
     return [A.HorizontalFlip(p=0.5),
-            A.Affine(translate_percent=(-0.1, 0.1), scale=(0.9, 1.1), rotate=(-10, 10), border_mode=cv2.BORDER_REPLICATE,
-                     p=0.5)]
+            A.Affine(translate_percent=(-0.1, 0.1), scale=(0.9, 1.1), rotate=(-10, 10),
+                     border_mode=cv2.BORDER_REPLICATE, p=0.5)]
 
 
 class FacialExpressionDataModule(ImageClassificationDataModule):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from pathlib import Path
-from typing import Literal, Optional, Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
@@ -144,7 +144,8 @@ class FERGradCAMTask(ClassificationTask):
         maps = cams[:, 0].double().cpu()
         if self._cam_sum is None:
             shape = (self.num_classes, *maps.shape[1:])
-            self._cam_sum, self._cam_sq = torch.zeros(shape, dtype=torch.float64), torch.zeros(shape, dtype=torch.float64)
+            self._cam_sum = torch.zeros(shape, dtype=torch.float64)
+            self._cam_sq = torch.zeros(shape, dtype=torch.float64)
             self._cam_count = torch.zeros(self.num_classes, dtype=torch.float64)
         classes = targets.cpu()
         self._cam_sum.index_add_(0, classes, maps)
@@ -214,7 +215,8 @@ class FERGradCAMTask(ClassificationTask):
             self.network.zero_grad(set_to_none=True)
             rows = {"image": display_images(images), f"Grad-CAM ({names[c]})": true_cam[:, 0].cpu().numpy(),
                     "Grad-CAM (pred)": pred_cam[:, 0].cpu().numpy(),
-                    "guided backprop": _unit_rgb(guided), "Guided Grad-CAM": _unit_rgb(guided_gradcam(guided, true_cam))}
+                    "guided backprop": _unit_rgb(guided),
+                    "Guided Grad-CAM": _unit_rgb(guided_gradcam(guided, true_cam))}
             titles = [f"pred {names[int(p)]}" for p in preds]
             wrong = (preds != c).cpu().numpy()
             self.log_figure(f"test/gradcam_{names[c]}", explanation_panel(rows, titles, wrong))

@@ -118,7 +118,8 @@ def test_standin_classes_and_regions():
 
 DEMO = "experiments/fer_gradcam_demo.yaml"
 SMALL = ["--data.init_args.num_per_class", "80", "--data.init_args.image_size", "32", "--data.init_args.batch_size",
-         "16", "--data.init_args.augmentation", "none", "--model.init_args.network.init_args.channels", "[8, 16, 16, 32]",
+         "16", "--data.init_args.augmentation", "none",
+         "--model.init_args.network.init_args.channels", "[8, 16, 16, 32]",
          "--model.init_args.network.init_args.dense", "[64, 32]", "--model.init_args.network.init_args.dropout", "0.0",
          "--model.init_args.optimizer.init_args.lr", "0.001", "--model.init_args.n_vis_per_class", "2",
          "--trainer.max_epochs", "12", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
