@@ -17,7 +17,6 @@ Prints markdown tables.
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import sys
 import time
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.timing import autocast, peak_memory_mb, sync  # noqa: E402
 from lightning_modules.pa_har import PAHAR  # noqa: E402
 from lightning_modules.utils import count_parameters  # noqa: E402
 
@@ -43,17 +43,6 @@ VARIANTS = {
 SHAPES = {"UCI-HAR 128x9 (6)": (128, 9, 6), "MHEALTH 100x23 (13)": (100, 23, 13), "UniMiB 151x3 (17)": (151, 3, 17)}
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _autocast(device, precision):
-    if precision == "32-true":
-        return torch.autocast(device.type, enabled=False)
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision.startswith("bf16") else torch.float16)
-
-
 def bench(kwargs, shape, args) -> list:
     device = torch.device(args.device)
     length, channels, classes = shape
@@ -67,34 +56,34 @@ def bench(kwargs, shape, args) -> list:
     net.train()
     for step in range(args.warmup + args.steps):
         if step == args.warmup:
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
-        with _autocast(device, args.precision):
+        with autocast(device, args.precision):
             loss = F.cross_entropy(net(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    _sync(device)
+    sync(device)
     train_rate = args.steps * args.batch_size / (time.perf_counter() - start)
     memory = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
-              else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+              else peak_memory_mb("cpu"))
     net.eval()
     one, big = x[:1], torch.randn(256, length, channels, device=device)
     times = []
-    with torch.no_grad(), _autocast(device, args.precision):
+    with torch.no_grad(), autocast(device, args.precision):
         for i in range(args.warmup + args.steps):
-            _sync(device)
+            sync(device)
             t = time.perf_counter()
             net(one)
-            _sync(device)
+            sync(device)
             if i >= args.warmup:
                 times.append(time.perf_counter() - t)
         net(big)
-        _sync(device)
+        sync(device)
         t = time.perf_counter()
         for _ in range(3):
             net(big)
-        _sync(device)
+        sync(device)
         infer_rate = 3 * 256 / (time.perf_counter() - t)
     return [f"{count_parameters(net):,}", f"{train_rate:.0f}", f"{statistics.median(times) * 1e3:.2f}",
             f"{infer_rate:.0f}", f"{memory:.0f}"]

@@ -20,7 +20,6 @@ Prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import sys
 import time
@@ -30,25 +29,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.timing import autocast, peak_memory_mb, sync  # noqa: E402
 from lightning_modules import pocus_ood as po  # noqa: E402
 from lightning_modules.utils import count_parameters  # noqa: E402
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _autocast(device, precision):
-    if precision == "32-true":
-        return torch.autocast(device.type, enabled=False)
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision.startswith("bf16") else torch.float16)
-
-
-def _memory(device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def train_rate(net, exits: bool, args, device) -> float:
@@ -59,9 +42,9 @@ def train_rate(net, exits: bool, args, device) -> float:
     net.train()
     for step in range(args.warmup + args.steps):
         if step == args.warmup:
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
-        with _autocast(device, args.precision):
+        with autocast(device, args.precision):
             if exits:
                 loss = po.multi_exit_loss(net.forward_exits(x), y, [0.5, 0.5, 1.0], weights)
             else:
@@ -69,7 +52,7 @@ def train_rate(net, exits: bool, args, device) -> float:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    _sync(device)
+    sync(device)
     return args.steps * args.batch_size / (time.perf_counter() - start)
 
 
@@ -95,20 +78,20 @@ def infer(score, args, device) -> tuple[float, float]:
     one = torch.rand(1, 1, args.size, args.size, device=device)
     big = torch.rand(64, 1, args.size, args.size, device=device)
     times = []
-    with torch.no_grad(), _autocast(device, args.precision):
+    with torch.no_grad(), autocast(device, args.precision):
         for i in range(args.warmup + args.steps):
-            _sync(device)
+            sync(device)
             t = time.perf_counter()
             score(one)
-            _sync(device)
+            sync(device)
             if i >= args.warmup:
                 times.append(time.perf_counter() - t)
         score(big)
-        _sync(device)
+        sync(device)
         t = time.perf_counter()
         for _ in range(args.batches):
             score(big)
-        _sync(device)
+        sync(device)
         rate = args.batches * 64 / (time.perf_counter() - t)
     return statistics.median(times) * 1e3, rate
 
@@ -150,7 +133,7 @@ def main(argv=None) -> None:
             rate = f"{measured:.1f}"
         net.eval()
         latency, throughput = infer(make_scorer(kind, net, device, args.size), args, device)
-        print(f"| {name} | {count_parameters(net):,} | {rate} | {latency:.1f} | {throughput:.1f} | {_memory(device):.0f} |",
+        print(f"| {name} | {count_parameters(net):,} | {rate} | {latency:.1f} | {throughput:.1f} | {peak_memory_mb(device):.0f} |",
               flush=True)
 
 

@@ -13,7 +13,6 @@ Peak memory: CUDA max allocated, or the growth of the peak RSS on CPU. Prints a 
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import sys
 import time
@@ -24,18 +23,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.timing import peak_memory_mb, sync  # noqa: E402
 from lightning_modules.thyroid_fae import FusionAutoencoder, _build_classifier, ClassifierInput, minmax_per_image  # noqa: E402
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _peak_mb(device: str) -> float:
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2 ** 20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
@@ -50,33 +39,33 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     device = args.device
-    base = _peak_mb(device)
+    base = peak_memory_mb(device)
 
     fae = FusionAutoencoder(width_mult=args.width_mult).to(device)
     optimizer = torch.optim.Adam(fae.parameters(), lr=1e-4)
     x = torch.rand(args.batch_size, 3, args.size, args.size, device=device)
     times = []
     for step in range(args.steps + 1):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         outputs = fae(x)
         loss = sum(w * F.mse_loss(o, x[:, i:i + 1]) for i, (w, o) in enumerate(zip((1.0, 0.5, 0.05), outputs)))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        _sync(device)
+        sync(device)
         if step:
             times.append(time.perf_counter() - start)
     fae_train = args.batch_size / statistics.median(times)
-    fae_peak = _peak_mb(device) - (0 if device.startswith("cuda") else base)
+    fae_peak = peak_memory_mb(device) - (0 if device.startswith("cuda") else base)
     fae.eval()
     latency = []
     with torch.no_grad():
         for _ in range(args.steps + 1):
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             latent = fae.encode(x[:1])
-            _sync(device)
+            sync(device)
             latency.append(time.perf_counter() - start)
     latent_ms = 1000 * statistics.median(latency[1:])
 
@@ -87,13 +76,13 @@ def main() -> None:
     target = F.one_hot(torch.randint(0, 2, (args.cm_batch_size,), device=device), 2).float()
     times = []
     for step in range(args.steps + 1):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         loss = F.binary_cross_entropy_with_logits(classifier(prepare(minmax_per_image(maps))), target)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        _sync(device)
+        sync(device)
         if step:
             times.append(time.perf_counter() - start)
     cm_train = args.cm_batch_size / statistics.median(times)
