@@ -76,7 +76,22 @@ def isic2019_items(module: DebasedDataModule, root: Path, masks_dir: Optional[Pa
     return items
 
 
-class ISIC2019DataModule(DebasedDataModule):
+class ISICDataModule(DebasedDataModule):
+    """What the ISIC readers share: the 9 ISIC 2019 classes, an optional masks folder (default
+    ``<data_dir>/masks``) and the hint for mask-based debasings. Subclasses give ``layout`` and ``list_items``."""
+
+    standin_config = "experiments/abcde_demo.yaml"
+    classes = ISIC_CLASSES
+
+    def __init__(self, data_dir: str = "", masks_dir: Optional[str] = None, **kwargs):
+        super().__init__(data_dir, **kwargs)
+        self.masks_dir = Path(masks_dir).expanduser() if masks_dir else None
+
+    def mask_hint(self) -> str:
+        return MASK_HINT
+
+
+class ISIC2019DataModule(ISICDataModule):
     """The ISIC 2019 training set alone (the analysis trains on ISIC 2019 + 2020: ``datamodules.isic19_20``).
 
     Args:
@@ -90,15 +105,5 @@ class ISIC2019DataModule(DebasedDataModule):
   {GROUND_TRUTH}            image,MEL,NV,BCC,AK,BKL,DF,VASC,SCC,UNK (one-hot)
   {METADATA}                optional: image,...,lesion_id,... (lesion_id groups images)
   masks/ISIC_0000000.png, ...           lesion masks (nonzero = lesion): only for the mask-based debasings"""
-    standin_config = "experiments/abcde_demo.yaml"
-    classes = ISIC_CLASSES
-
-    def __init__(self, data_dir: str = "", masks_dir: Optional[str] = None, **kwargs):
-        super().__init__(data_dir, **kwargs)
-        self.masks_dir = Path(masks_dir).expanduser() if masks_dir else None
-
-    def mask_hint(self) -> str:
-        return MASK_HINT
-
     def list_items(self) -> list[ClassificationItem]:
         return isic2019_items(self, self.data_dir, self.masks_dir)

@@ -14,7 +14,7 @@ from typing import Optional
 
 from datamodules.debasing import DebasedDataModule, DermoscopyItem
 from datamodules.image_classification import ClassificationItem
-from datamodules.isic2019 import ISIC_CLASSES, MASK_HINT, read_csv_rows
+from datamodules.isic2019 import ISIC_CLASSES, ISICDataModule, read_csv_rows
 
 #: 2020 diagnosis -> ISIC 2019 class (Ha et al.'s mapping)
 DIAGNOSIS_TO_CLASS = {
@@ -65,7 +65,7 @@ def isic2020_items(module: DebasedDataModule, root: Path, masks_dir: Optional[Pa
     return items
 
 
-class ISIC2020DataModule(DebasedDataModule):
+class ISIC2020DataModule(ISICDataModule):
     """The ISIC 2020 training set alone, 9 ISIC 2019 classes (present: MEL, NV, BKL, UNK); patient-grouped splits
     with ``split: group``.
 
@@ -81,15 +81,5 @@ class ISIC2020DataModule(DebasedDataModule):
                                            (or ..._GroundTruth_v2.csv, or Kaggle's train.csv)
   {DUPLICATES}        optional: image_name_1,image_name_2 (image_name_2 dropped)
   masks/ISIC_2637011.png, ...              lesion masks (nonzero = lesion): only for the mask-based debasings"""
-    standin_config = "experiments/abcde_demo.yaml"
-    classes = ISIC_CLASSES
-
-    def __init__(self, data_dir: str = "", masks_dir: Optional[str] = None, **kwargs):
-        super().__init__(data_dir, **kwargs)
-        self.masks_dir = Path(masks_dir).expanduser() if masks_dir else None
-
-    def mask_hint(self) -> str:
-        return MASK_HINT
-
     def list_items(self) -> list[ClassificationItem]:
         return isic2020_items(self, self.data_dir, self.masks_dir)
