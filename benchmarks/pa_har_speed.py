@@ -17,7 +17,6 @@ Prints markdown tables.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.timing import autocast, peak_memory_mb, sync  # noqa: E402
+from benchmarks.timing import autocast, median_time, peak_memory_mb, sync  # noqa: E402
 from lightning_modules.pa_har import PAHAR  # noqa: E402
 from lightning_modules.utils import count_parameters  # noqa: E402
 
@@ -65,19 +64,11 @@ def bench(kwargs, shape, args) -> list:
         optimizer.step()
     sync(device)
     train_rate = args.steps * args.batch_size / (time.perf_counter() - start)
-    memory = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
-              else peak_memory_mb("cpu"))
+    memory = peak_memory_mb(device)
     net.eval()
     one, big = x[:1], torch.randn(256, length, channels, device=device)
-    times = []
     with torch.no_grad(), autocast(device, args.precision):
-        for i in range(args.warmup + args.steps):
-            sync(device)
-            t = time.perf_counter()
-            net(one)
-            sync(device)
-            if i >= args.warmup:
-                times.append(time.perf_counter() - t)
+        latency = median_time(lambda: net(one), device, args.steps, args.warmup)
         net(big)
         sync(device)
         t = time.perf_counter()
@@ -85,7 +76,7 @@ def bench(kwargs, shape, args) -> list:
             net(big)
         sync(device)
         infer_rate = 3 * 256 / (time.perf_counter() - t)
-    return [f"{count_parameters(net):,}", f"{train_rate:.0f}", f"{statistics.median(times) * 1e3:.2f}",
+    return [f"{count_parameters(net):,}", f"{train_rate:.0f}", f"{latency * 1e3:.2f}",
             f"{infer_rate:.0f}", f"{memory:.0f}"]
 
 

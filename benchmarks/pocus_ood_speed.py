@@ -20,7 +20,6 @@ Prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.timing import autocast, peak_memory_mb, sync  # noqa: E402
+from benchmarks.timing import autocast, median_time, peak_memory_mb, sync  # noqa: E402
 from lightning_modules import pocus_ood as po  # noqa: E402
 from lightning_modules.utils import count_parameters  # noqa: E402
 
@@ -77,15 +76,8 @@ def make_scorer(kind: str, net, device, size: int):
 def infer(score, args, device) -> tuple[float, float]:
     one = torch.rand(1, 1, args.size, args.size, device=device)
     big = torch.rand(64, 1, args.size, args.size, device=device)
-    times = []
     with torch.no_grad(), autocast(device, args.precision):
-        for i in range(args.warmup + args.steps):
-            sync(device)
-            t = time.perf_counter()
-            score(one)
-            sync(device)
-            if i >= args.warmup:
-                times.append(time.perf_counter() - t)
+        latency = median_time(lambda: score(one), device, args.steps, args.warmup)
         score(big)
         sync(device)
         t = time.perf_counter()
@@ -93,7 +85,7 @@ def infer(score, args, device) -> tuple[float, float]:
             score(big)
         sync(device)
         rate = args.batches * 64 / (time.perf_counter() - t)
-    return statistics.median(times) * 1e3, rate
+    return latency * 1e3, rate
 
 
 def main(argv=None) -> None:

@@ -18,8 +18,6 @@ or the peak RSS of the process on CPU (an upper bound, cumulative over the varia
 from __future__ import annotations
 
 import argparse
-import resource
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -32,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.timing import sync  # noqa: E402
+from benchmarks.timing import median_time, peak_memory_mb, sync  # noqa: E402
 from lightning_modules.blocks.angle_ferns import AngleFernHistogram  # noqa: E402
 from lightning_modules.scanpath_fern import ScanpathFernNet, ScanpathRNN  # noqa: E402
 from lightning_modules.utils import count_parameters  # noqa: E402
@@ -84,25 +82,17 @@ def bench(make, args) -> list:
         optimizer.step()
     sync(device)
     train_rate = args.steps * args.batch_size / (time.perf_counter() - start)
-    memory = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
-              else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    memory = peak_memory_mb(device)
     net.eval()
     one, big = x[:1], gaze(args.infer_batch, args.samples, device)
-    times = []
     with torch.no_grad():
-        for i in range(args.warmup + args.steps):
-            sync(device)
-            t = time.perf_counter()
-            net(one)
-            sync(device)
-            if i >= args.warmup:
-                times.append(time.perf_counter() - t)
+        latency = median_time(lambda: net(one), device, args.steps, args.warmup)
         sync(device)
         t = time.perf_counter()
         net(big)
         sync(device)
         infer_rate = args.infer_batch / (time.perf_counter() - t)
-    return [f"{count_parameters(net):,}", f"{train_rate:.3g}", f"{statistics.median(times) * 1e3:.4g}",
+    return [f"{count_parameters(net):,}", f"{train_rate:.3g}", f"{latency * 1e3:.4g}",
             f"{infer_rate:.3g}", f"{memory:.0f}"]
 
 

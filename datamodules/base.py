@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterator, Sized
+from pathlib import Path
 from typing import Optional, Union
 
 import lightning as L
@@ -51,6 +52,15 @@ class DatasetError(RuntimeError):
 
 def _indent(text: str, prefix: str) -> str:
     return "\n".join(prefix + line if line else line for line in text.splitlines())
+
+
+def writable_dir(path: Path) -> bool:
+    """Create ``path`` (and its parents) if needed; whether this process can write into it (decode caches)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        return os.access(path, os.W_OK)
+    except OSError:
+        return False
 
 
 class EpochSeededRandomSampler(Sampler[int]):

@@ -17,7 +17,7 @@ from typing import Optional
 
 import numpy as np
 
-from datamodules.base import BaseDataModule, DatasetError
+from datamodules.base import BaseDataModule, DatasetError, writable_dir
 from datamodules.registration import InMemorySubjects, RegistrationPairDataset
 
 STANDIN_CONFIG = "experiments/fnoreg_demo.yaml"
@@ -403,12 +403,7 @@ class OASIS3DDataModule(_OASISDataModule):
         todo = [self.subjects[i] for i in indices if not self._is_cached(self.subjects[i])]
         if not todo:
             return
-        try:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            writable = os.access(self.cache_dir, os.W_OK)
-        except OSError:
-            writable = False
-        if not writable:
+        if not writable_dir(self.cache_dir):
             raise self._error(
                 "cannot write the decoded-volume cache",
                 self.cache_dir,

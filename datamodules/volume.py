@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datamodules.base import BaseDataModule, DatasetError
+from datamodules.base import BaseDataModule, DatasetError, writable_dir
 from datamodules.oasis import NpyCacheSubjects
 from datamodules.registration import InMemorySubjects
 from datamodules.splits import group_kfold_split
@@ -272,12 +272,7 @@ class NiftiVolumeDataModule(VolumeSegmentationDataModule):
         todo = [s for s in subjects if not self._is_cached(s)]
         if not todo:
             return
-        try:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            writable = os.access(self.cache_dir, os.W_OK)
-        except OSError:
-            writable = False
-        if not writable:
+        if not writable_dir(self.cache_dir):
             raise self.error("cannot write the decoded-volume cache", self.cache_dir,
                              hint="Pass a writable folder with --data.cache_dir.")
         for subject in todo:
