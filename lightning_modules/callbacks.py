@@ -35,14 +35,27 @@ class MaskPNGWriter(_RunFolderWriter):
     The prediction is ``{"mask": (B, 1, H, W) integer labels, "name": [B names]}``; pixel values are
     ``label * scale`` (binary masks: ``scale=255`` gives 0/255; class labels: ``scale=1``). Volumes,
     (B, 1, H, W, D), are written as ``<name>.nii.gz`` (uint8 labels, unscaled, identity affine).
+    Multi-label masks (B, K, ...) with ``label_names`` (K names) are written one file per channel,
+    ``<name>_<label>.png`` (or ``.nii.gz``).
     """
 
-    def __init__(self, folder: str = "predictions", scale: int = 1):
+    def __init__(self, folder: str = "predictions", scale: int = 1, label_names: Optional[Sequence[str]] = None):
         super().__init__(folder)
         self.scale = scale
+        self.label_names = None if label_names is None else [str(name) for name in label_names]
 
     def write_on_batch_end(self, trainer, pl_module, prediction: dict, batch_indices: Optional[Sequence[int]],
                            batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self.label_names is not None:  # multi-label: each channel as its own binary mask
+            if prediction[MASK].shape[1] != len(self.label_names):
+                raise ValueError(f"{prediction[MASK].shape[1]} mask channels but label names {self.label_names}")
+            for k, label in enumerate(self.label_names):
+                channel = {MASK: prediction[MASK][:, k:k + 1], NAME: [f"{name}_{label}" for name in prediction[NAME]]}
+                self._write(trainer, channel)
+            return
+        self._write(trainer, prediction)
+
+    def _write(self, trainer, prediction: dict) -> None:
         from PIL import Image
 
         masks = prediction[MASK][:, 0].to(torch.uint8).cpu().numpy()

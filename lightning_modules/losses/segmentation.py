@@ -5,6 +5,8 @@ One module covers the papers' variants:
   smooth 1e-5 in numerator and denominator (``SegmentationLoss(bce_weight=0.5, dice_weight=1.0)``).
 - BCE only (UNet-GCN): ``SegmentationLoss(bce_weight=1.0, dice_weight=0.0)``.
 - BCE + (1 - Dice) with smooth 1 (SFRSeg-Net): ``SegmentationLoss(1.0, 1.0, smooth=1.0)``.
+- Multi-label (SAPM's optic disc and cup, which overlap): ``SegmentationLoss(1.0, 1.0, num_classes=2,
+  multilabel=True)``: BCE on every sigmoid channel + soft Dice per sample and channel, mean over both.
 
 The Dice term is MONAI's ``DiceLoss`` with ``batch=False`` (a Dice per sample and channel, then the
 mean), which for one channel is exactly UNeXt's formula (tested against a hand computation).
@@ -29,11 +31,13 @@ class SegmentationLoss(nn.Module):
         smooth: added to the Dice numerator and denominator (UNeXt: 1e-5).
         dice_include_background: multi-class only: whether class 0 enters the Dice term.
         pos_weight: binary only: BCE weight of positive pixels (``BCEWithLogitsLoss(pos_weight)``).
+        multilabel: K independent sigmoid channels: logits (B, K, H, W), target (B, K, H, W) multi-hot float
+            (binary CE and soft Dice per channel, as the binary case for each).
     """
 
     def __init__(self, bce_weight: float = 0.5, dice_weight: float = 1.0, num_classes: int = 1,
                  smooth: float = 1e-5, dice_include_background: bool = True,
-                 pos_weight: float | None = None) -> None:
+                 pos_weight: float | None = None, multilabel: bool = False) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -43,7 +47,8 @@ class SegmentationLoss(nn.Module):
         self.dice_weight = dice_weight
         self.num_classes = num_classes
         self.pos_weight = pos_weight
-        binary = num_classes == 1
+        self.multilabel = multilabel
+        binary = num_classes == 1 or multilabel
         self.dice = DiceLoss(sigmoid=binary, softmax=not binary, to_onehot_y=not binary,
                              include_background=binary or dice_include_background,
                              smooth_nr=smooth, smooth_dr=smooth, batch=False, reduction="mean")
@@ -52,7 +57,7 @@ class SegmentationLoss(nn.Module):
         """The weighted total (``loss``) and its unweighted parts (``ce``, ``dice``)."""
         out = {}
         zero = logits.new_zeros(())
-        if self.num_classes == 1:
+        if self.num_classes == 1 or self.multilabel:
             target = target.to(logits.dtype)
             pos_weight = None if self.pos_weight is None else logits.new_tensor(self.pos_weight)
             out["ce"] = (F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)

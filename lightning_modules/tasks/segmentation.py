@@ -12,6 +12,13 @@ Volumes larger than the training patch are inferred by sliding windows (``roi_si
 SMDGC's graph cuts) refines each test sample's class probabilities on the CPU; every post-processor's
 prediction is scored like the network's, under ``test/<name>/...``, with its wall time per sample.
 
+Multi-label (``multilabel=True``, e.g. optic disc and cup, which overlap): K independent sigmoid channels, the
+mask (B, K, *S) float multi-hot; every channel is scored as a class (``test/dice/<name>`` with ``class_names``, one
+name per channel, no background) and predicted as ``<name>_<label>.png`` (0/255).
+
+Several test sets (``BaseDataModule.test_sets``, e.g. one per unseen domain): the first loader logs ``test/...``,
+each further one ``test/<set name>/...`` (its own metrics, all-background baseline and overlay figure).
+
 ``python run.py predict`` writes each predicted mask as ``<run folder>/predictions/<name>.png`` (binary:
 0/255; multi-class: the labels; volumes: ``<name>.nii.gz``) through ``callbacks.MaskPNGWriter``.
 """
@@ -87,7 +94,10 @@ class SegmentationTask(BaseTask):
         sw_batch_size, sw_overlap, sw_mode: windows per forward pass, their overlap, and how overlapping windows
             are blended (``gaussian`` or ``constant``), as MONAI's ``SlidingWindowInferer``.
         postprocessing: ``{name: SegmentationPostprocessor}`` run on each test sample (see that class); each
-            is scored as ``test/<name>/<metric>`` with ``test/<name>/seconds`` (wall time per sample).
+            is scored as ``test/<name>/<metric>`` with ``test/<name>/seconds`` (wall time per sample); first test
+            loader only; not with ``multilabel``.
+        multilabel: ``num_classes`` independent sigmoid channels (masks (B, K, *S) multi-hot float); ``class_names``
+            then names the K channels (no background).
     """
 
     monitor = "val/dice"
@@ -106,7 +116,7 @@ class SegmentationTask(BaseTask):
                  spacing: Optional[Sequence[float]] = None, roi_size: Optional[Sequence[int]] = None,
                  sw_batch_size: int = 2, sw_overlap: float = 0.25,
                  sw_mode: Literal["gaussian", "constant"] = "gaussian",
-                 postprocessing: Optional[dict[str, SegmentationPostprocessor]] = None):
+                 postprocessing: Optional[dict[str, SegmentationPostprocessor]] = None, multilabel: bool = False):
         super().__init__(optimizer=optimizer, lr_scheduler=lr_scheduler, scheduler_interval=scheduler_interval,
                          figure_every_n_epochs=figure_every_n_epochs)
         if monitor_metric not in ("val/loss", *(f"val/{name}" for name in METRIC_NAMES)):
@@ -114,6 +124,8 @@ class SegmentationTask(BaseTask):
         self.save_config_hyperparameters()
         self.network = network
         self.num_classes = num_classes
+        self.multilabel = multilabel
+        self.metric_aggregation = metric_aggregation
         self.threshold = threshold
         self.output_weights = None if output_weights is None else [float(w) for w in output_weights]
         self.monitor = monitor_metric
@@ -121,15 +133,19 @@ class SegmentationTask(BaseTask):
         self.num_figure_samples = num_figure_samples
         self.input_key, self.target_key = input_key, target_key
         self.loss_fn = loss if loss is not None else SegmentationLoss(bce_weight, dice_weight, num_classes=num_classes,
-                                                                      smooth=dice_smooth)
+                                                                      smooth=dice_smooth, multilabel=multilabel)
         self.init_extra_metrics(metrics)
         self.val_loss = MeanMetric()
-        self.val_metrics = SegmentationMetrics(num_classes, metric_aggregation)
-        self.test_metrics = SegmentationMetrics(num_classes, metric_aggregation)
+        self.val_metrics = SegmentationMetrics(num_classes, metric_aggregation, multilabel)
+        self.test_metrics = SegmentationMetrics(num_classes, metric_aggregation, multilabel)
         # The trivial baseline every demo must beat: predict background everywhere.
-        self.test_metrics_all_background = SegmentationMetrics(num_classes, metric_aggregation)
-        if class_names is not None and len(class_names) != max(2, num_classes):
+        self.test_metrics_all_background = SegmentationMetrics(num_classes, metric_aggregation, multilabel)
+        if multilabel and class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"multi-label class_names needs {num_classes} names (one per channel), got {list(class_names)}")
+        if not multilabel and class_names is not None and len(class_names) != max(2, num_classes):
             raise ValueError(f"class_names needs {max(2, num_classes)} names (background first), got {list(class_names)}")
+        if multilabel and postprocessing:
+            raise ValueError("test-time postprocessing works on exclusive classes, not with multilabel")
         self.class_names = None if class_names is None else [str(name) for name in class_names]
         self.roi_size = None if roi_size is None else tuple(int(r) for r in roi_size)
         self.sw_batch_size, self.sw_overlap, self.sw_mode = sw_batch_size, sw_overlap, sw_mode
@@ -137,7 +153,8 @@ class SegmentationTask(BaseTask):
         for name, postprocessor in self.postprocessors.items():
             if not isinstance(postprocessor, SegmentationPostprocessor):
                 raise TypeError(f"postprocessing[{name!r}] must be a SegmentationPostprocessor, got {type(postprocessor)}")
-        hd = (lambda: HausdorffDistance95(num_classes, spacing)) if hd95 else None
+        hd = (lambda: HausdorffDistance95(num_classes, spacing, multilabel)) if hd95 else None
+        self._hd95_spacing, self._hd95 = spacing, hd95  # further test sets build their own HD95 metrics
         self.test_hd95 = hd() if hd else None
         self.postprocessed_metrics = nn.ModuleDict({name: SegmentationMetrics(num_classes, metric_aggregation)
                                                     for name in self.postprocessors})
@@ -199,7 +216,7 @@ class SegmentationTask(BaseTask):
 
     def _predict(self, image: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         outputs = self._outputs(image)
-        return outputs, hard_prediction(outputs[0], self.num_classes, self.threshold)
+        return outputs, hard_prediction(outputs[0], self.num_classes, self.threshold, self.multilabel)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         image, mask = self._inputs(batch)
@@ -224,6 +241,17 @@ class SegmentationTask(BaseTask):
         self.log_extra_metrics("val")
 
     def on_test_start(self) -> None:
+        # Further test loaders (the datamodule's test_sets): their own metrics, logged as test/<name>/...
+        count = len(self.trainer.num_test_batches) if self._trainer is not None else 1
+        names = list(getattr(getattr(self.trainer, "datamodule", None), "test_loader_names", []))
+        if len(names) != count:
+            names = ["test", *(f"test_{i}" for i in range(1, count))]
+        self._test_loader_names = names
+        new = lambda: SegmentationMetrics(self.num_classes, self.metric_aggregation, self.multilabel)  # noqa: E731
+        self.test_set_metrics = nn.ModuleDict({name: nn.ModuleDict({"metrics": new(), "all_background": new()})
+                                               for name in names[1:]}).to(self.device)
+        hd = lambda: HausdorffDistance95(self.num_classes, self._hd95_spacing, self.multilabel)  # noqa: E731
+        self.test_set_hd95 = nn.ModuleDict({name: hd() for name in names[1:]} if self._hd95 else {}).to(self.device)
         to_fit = [p for p in self.postprocessors.values() if p.requires_fit]
         if to_fit:
             datamodule = getattr(self.trainer, "datamodule", None)
@@ -232,7 +260,9 @@ class SegmentationTask(BaseTask):
             for postprocessor in to_fit:
                 postprocessor.fit(datamodule.train_dataloader())
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if dataloader_idx > 0:
+            return self._test_step_further_set(batch, batch_idx, self._test_loader_names[dataloader_idx])
         image, mask = self._inputs(batch)
         outputs, prediction = self._predict(image)
         self.test_metrics.update(prediction, mask)
@@ -246,9 +276,22 @@ class SegmentationTask(BaseTask):
             self.log_figure("test/overlay", overlay_figure(image, mask, prediction, batch.get(keys.NAME),
                                                            self.num_figure_samples))
 
+    def _test_step_further_set(self, batch: dict, batch_idx: int, name: str) -> None:
+        image, mask = self._inputs(batch)
+        _, prediction = self._predict(image)
+        self.test_set_metrics[name]["metrics"].update(prediction, mask)
+        self.test_set_metrics[name]["all_background"].update(torch.zeros_like(prediction), mask)
+        if name in self.test_set_hd95:
+            self.test_set_hd95[name].update(prediction, mask)
+        if batch_idx == 0 and self.trainer.is_global_zero:
+            self.log_figure(f"test/{name}/overlay", overlay_figure(image, mask, prediction, batch.get(keys.NAME),
+                                                                   self.num_figure_samples))
+
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """(B, K, *S) class probabilities (binary: [1 - p, p])."""
         logits = logits.float()
+        if self.multilabel:
+            return torch.sigmoid(logits)
         if self.num_classes == 1:
             foreground = torch.sigmoid(logits)
             return torch.cat([1 - foreground, foreground], dim=1)
@@ -279,7 +322,7 @@ class SegmentationTask(BaseTask):
         per_image = metrics.per_image_values()
         # {prefix}/{dice,iou}_per_image (mean over images) and {prefix}/{dice,iou}_per_image_std
         self.log_mean_std(prefix, {f"{name}_per_image": per_image[name] for name in ("dice", "iou")})
-        classes = self.class_names[1:] if self.class_names and self.num_classes > 1 else None
+        classes = self.foreground_names()
         if classes:
             for name, values in metrics.compute_per_class().items():
                 for class_name, value in zip(classes, values):
@@ -295,6 +338,13 @@ class SegmentationTask(BaseTask):
         metrics.reset()
         return per_image["dice"]
 
+    def foreground_names(self) -> Optional[list[str]]:
+        """Names of the scored classes (multi-class: without background; multi-label: every channel, ``label<k>``
+        without ``class_names``); None for binary, or multi-class without ``class_names``."""
+        if self.multilabel:
+            return self.class_names or [f"label{k}" for k in range(self.num_classes)]
+        return self.class_names[1:] if self.class_names and self.num_classes > 1 else None
+
     def on_test_epoch_end(self) -> None:
         per_image_dice = self._log_test_metrics("test", self.test_metrics, self.test_hd95)
         baseline = self.test_metrics_all_background.compute()
@@ -302,6 +352,14 @@ class SegmentationTask(BaseTask):
         self.log("test/iou_all_background", baseline["iou"])
         self.log("test/num_images", float(per_image_dice.numel()))
         self.test_metrics_all_background.reset()
+        for name, metrics in getattr(self, "test_set_metrics", {}).items():
+            count = self._log_test_metrics(f"test/{name}", metrics["metrics"], self.test_set_hd95[name]
+                                           if name in self.test_set_hd95 else None).numel()
+            baseline = metrics["all_background"].compute()
+            self.log(f"test/{name}/dice_all_background", baseline["dice"])
+            self.log(f"test/{name}/iou_all_background", baseline["iou"])
+            self.log(f"test/{name}/num_images", float(count))
+            metrics["all_background"].reset()
         for name in self.postprocessors:
             self._log_test_metrics(f"test/{name}", self.postprocessed_metrics[name], self.postprocessed_hd95[name]
                                    if name in self.postprocessed_hd95 else None)
@@ -320,6 +378,9 @@ class SegmentationTask(BaseTask):
         return {keys.MASK: prediction, keys.NAME: list(names)}
 
     def configure_callbacks(self):  # 2D masks as PNG, volumes as NIfTI
+        if self.multilabel:  # one 0/255 PNG per channel
+            return default_writer(self._trainer, MaskPNGWriter("predictions", scale=255,
+                                                               label_names=self.foreground_names()))
         return default_writer(self._trainer, MaskPNGWriter("predictions", scale=255 if self.num_classes == 1 else 1))
 
 
@@ -341,7 +402,7 @@ def central_slices(image: torch.Tensor, mask: torch.Tensor, prediction: torch.Te
     mask is empty), per sample, as (B, C, H, W); 2D inputs pass through."""
     if image.dim() != 5:
         return image, mask, prediction
-    foreground = (mask[:, 0] > 0).flatten(1, 2).sum(1)  # (B, D)
+    foreground = (mask > 0).any(1).flatten(1, 2).sum(1)  # (B, D); multi-label: any channel
     index = torch.where(foreground.max(1).values > 0, foreground.argmax(1),
                         torch.full_like(foreground[:, 0], image.shape[-1] // 2))
     pick = lambda x: torch.stack([x[i, ..., int(index[i])] for i in range(len(x))])  # noqa: E731
@@ -351,7 +412,8 @@ def central_slices(image: torch.Tensor, mask: torch.Tensor, prediction: torch.Te
 def overlay_figure(image: torch.Tensor, mask: torch.Tensor, prediction: torch.Tensor,
                    names: Optional[Sequence[str]] = None, num_samples: int = 4):
     """Image with the ground-truth contour (green) and the predicted contour (red), one panel per image
-    (volumes: the slice with the most ground-truth foreground)."""
+    (volumes: the slice with the most ground-truth foreground; multi-label masks (B, K, ...): every channel's
+    contour)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -362,10 +424,11 @@ def overlay_figure(image: torch.Tensor, mask: torch.Tensor, prediction: torch.Te
     figure, axes = plt.subplots(1, count, figsize=(3.2 * count, 3.4), squeeze=False)
     for i, ax in enumerate(axes[0]):
         ax.imshow(_display_image(image[i]), cmap="gray")
-        for mask_i, colour in ((mask[i, 0], "lime"), (prediction[i, 0], "red")):
-            mask_i = mask_i.detach().float().cpu().numpy()
-            if mask_i.max() > mask_i.min():
-                ax.contour(mask_i, levels=np.arange(0.5, mask_i.max() + 0.5), colors=colour, linewidths=1.0)
+        for masks_i, colour in ((mask[i], "lime"), (prediction[i], "red")):
+            for mask_i in masks_i:  # one channel (labels), or every channel of a multi-label mask
+                mask_i = mask_i.detach().float().cpu().numpy()
+                if mask_i.max() > mask_i.min():
+                    ax.contour(mask_i, levels=np.arange(0.5, mask_i.max() + 0.5), colors=colour, linewidths=1.0)
         ax.set_title(str(names[i]) if names else f"#{i}", fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
