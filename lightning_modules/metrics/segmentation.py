@@ -152,7 +152,8 @@ class HausdorffDistance95(Metric):
     ``compute_hausdorff_distance(percentile=95)`` on the one-hot label maps), in units of ``spacing``.
 
     ``update(prediction, target)`` takes hard (B, 1, *S) label maps (or (B, K, *S) 0/1 channels with
-    ``multilabel``: (N, K) distances); ``per_image_class_values()`` gives (N, K-1) distances, NaN where the class is absent from the prediction or the ground truth (MONAI's rule);
+    ``multilabel``: (N, K) distances); ``per_image_class_values()`` gives (N, K-1) distances, NaN where the
+    class is absent from the prediction or the ground truth (MONAI's rule);
     ``compute()`` the NaN-ignoring mean over images and classes.
     """
 

@@ -141,7 +141,8 @@ class SegmentationTask(BaseTask):
         # The trivial baseline every demo must beat: predict background everywhere.
         self.test_metrics_all_background = SegmentationMetrics(num_classes, metric_aggregation, multilabel)
         if multilabel and class_names is not None and len(class_names) != num_classes:
-            raise ValueError(f"multi-label class_names needs {num_classes} names (one per channel), got {list(class_names)}")
+            raise ValueError(f"multi-label class_names needs {num_classes} names (one per channel), "
+                             f"got {list(class_names)}")
         if not multilabel and class_names is not None and len(class_names) != max(2, num_classes):
             raise ValueError(f"class_names needs {max(2, num_classes)} names (background first), got {list(class_names)}")
         if multilabel and postprocessing:
