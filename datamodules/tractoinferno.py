@@ -1,0 +1,248 @@
+"""TractoInferno (OpenNeuro ds003900) and the ISMRM 2015 tractography challenge phantom for the RL tractography
+family: one bundle per run (``bundle``), tracked within a tract mask.
+
+TractoInferno, as distributed (the paths Tract-RLFormer's code reads)::
+
+    <data_dir>/derivatives/{trainset,validset,testset}/sub-<id>/
+        fodf/sub-<id>__fodf.nii.gz        fODF SH coefficients, order 8 (45), descoteaux07 basis
+        fodf/sub-<id>__peaks.nii.gz       fODF peaks (X, Y, Z, 3 x P); computed from the fODF with dipy if absent
+        tractography/sub-<id>__<bundle>.trk   reference bundles (AF_L, CC_Fr_1, CG_L, OR_ML_L, PYT_L, ...)
+
+The tract mask (tracking and seeding) is ``mask_pattern`` (e.g. MRM's refined mask) when given, else the reference
+bundle's voxels dilated by ``dilate_voxels`` (an oracle tract mask, as the paper's DET*/PROB* rows use
+tract-specific masks); the scored bundle mask is the reference bundle's voxels (``density_map`` > 0).
+
+ISMRM 2015 (``ISMRM2015DataModule``)::
+
+    <data_dir>/Diffusion.nii.gz, Diffusion.bvals, Diffusion.bvecs     the challenge's DWI (b 1000, 32 directions)
+    <data_dir>/bundles/<bundle>.trk                                   ground-truth bundles (Cingulum_left, ...)
+    <data_dir>/fodf.nii.gz (optional)                                 precomputed fODF SH; else dipy CSD (order 8)
+                                                                      fitted once and cached as <cache_dir>/*.npz
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from datamodules.base import DatasetError
+from datamodules.tractography import TractographyDataModule
+from lightning_modules.tasks.tracking_env import TractographySubject
+
+STANDIN = "experiments/tract_rlformer_demo.yaml"
+TRACTOINFERNO_LAYOUT = """<data_dir>/derivatives/{trainset,validset,testset}/sub-<id>/
+  fodf/sub-<id>__fodf.nii.gz            fODF SH (order 8, 45 coefficients)
+  fodf/sub-<id>__peaks.nii.gz           fODF peaks (optional: computed from the fODF)
+  tractography/sub-<id>__<bundle>.trk   reference bundles"""
+ISMRM_LAYOUT = """<data_dir>/Diffusion.nii.gz, Diffusion.bvals, Diffusion.bvecs
+<data_dir>/bundles/<bundle>.trk          ground-truth bundles
+<data_dir>/fodf.nii.gz                   optional precomputed fODF SH (else dipy CSD, order 8)"""
+
+
+def load_bundle_voxels(path: Path, reference, shape) -> tuple[np.ndarray, list]:
+    """A .trk/.tck bundle in voxel space (voxel centres at integers) and its voxel mask."""
+    from dipy.io.streamline import load_tractogram
+
+    from lightning_modules.metrics.tractography import streamlines_to_mask
+
+    sft = load_tractogram(str(path), reference, bbox_valid_check=False)
+    sft.to_vox()
+    sft.to_center()
+    lines = [np.asarray(s, dtype=np.float32) for s in sft.streamlines]
+    return streamlines_to_mask(lines, shape), lines
+
+
+def peaks_from_sh(sh: np.ndarray, mask: np.ndarray, basis: str = "descoteaux07", legacy: bool = True,
+                  npeaks: int = 5, relative_peak_threshold: float = 0.5, min_separation_angle: float = 25) -> np.ndarray:
+    """fODF peaks (X, Y, Z, npeaks, 3) in ``mask`` from SH coefficients (dipy ``sh_to_sf`` + ``peak_directions``)."""
+    from dipy.data import get_sphere
+    from dipy.direction import peak_directions
+    from dipy.reconst.shm import order_from_ncoef, sh_to_sf
+
+    sphere = get_sphere(name="repulsion724")
+    order = order_from_ncoef(sh.shape[-1])
+    peaks = np.zeros((*sh.shape[:3], npeaks, 3), np.float32)
+    for index in np.argwhere(mask):
+        odf = sh_to_sf(sh[tuple(index)], sphere, sh_order_max=order, basis_type=basis, legacy=legacy)
+        directions, _, _ = peak_directions(odf, sphere, relative_peak_threshold=relative_peak_threshold,
+                                           min_separation_angle=min_separation_angle)
+        n = min(npeaks, len(directions))
+        peaks[tuple(index)][:n] = directions[:n]
+    return peaks
+
+
+class _BundleDataModule(TractographyDataModule):
+    """What the two readers share: the bundle mask, the tract mask, peaks from SH when none are given."""
+
+    def __init__(self, data_dir: str, bundle: str, mask_pattern: Optional[str] = None, dilate_voxels: int = 1,
+                 sh_basis: str = "descoteaux07", sh_legacy: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.data_dir = Path(data_dir)
+        self.bundle, self.mask_pattern, self.dilate_voxels = bundle, mask_pattern, dilate_voxels
+        self.sh_basis, self.sh_legacy = sh_basis, sh_legacy
+
+    layout = ""
+
+    def _file(self, path: Path, what: str) -> Path:
+        if not path.is_file():
+            raise DatasetError(f"{what} not found", path=path, layout=self.layout, standin_config=STANDIN)
+        return path
+
+    def _subject(self, name: str, sh: np.ndarray, peaks: Optional[np.ndarray], image, bundle_path: Path,
+                 mask_path: Optional[Path]) -> TractographySubject:
+        import nibabel as nib
+
+        shape = sh.shape[:3]
+        bundle_mask, lines = load_bundle_voxels(bundle_path, image, shape)
+        if mask_path is not None:
+            tract_mask = np.asarray(nib.load(str(mask_path)).dataobj) > 0
+        else:
+            tract_mask = bundle_mask if self.dilate_voxels < 1 else ndimage.binary_dilation(
+                bundle_mask, iterations=self.dilate_voxels)
+        if peaks is None:
+            peaks = peaks_from_sh(sh, tract_mask, self.sh_basis, self.sh_legacy)
+        return TractographySubject(name=name, sh=sh.astype(np.float32), peaks=peaks.astype(np.float32),
+                                   tracking_mask=tract_mask, seed_mask=tract_mask, bundle_mask=bundle_mask,
+                                   affine=image.affine, reference=lines)
+
+
+def _peaks_array(data: np.ndarray) -> np.ndarray:
+    """(X, Y, Z, 3P) or (X, Y, Z, P, 3) -> (X, Y, Z, P, 3)."""
+    return data if data.ndim == 5 else data.reshape(*data.shape[:3], -1, 3)
+
+
+class TractoInfernoDataModule(_BundleDataModule):
+    """TractoInferno (see the module docstring). ``train_subjects``/``val_subjects``/``test_subjects``: subject ids
+    without ``sub-`` (the paper: train 1030 1079 1119 1180 1198; test 1160 1078 1159 1061 1171; Table 2: 1006).
+    Without validation subjects, validation uses the training subjects (episodes) or their roll-outs."""
+
+    layout = TRACTOINFERNO_LAYOUT
+
+    def __init__(self, data_dir: str = "data/tractoinferno", bundle: str = "PYT_L",
+                 train_subjects: Sequence[str] = ("1030", "1079", "1119", "1180", "1198"),
+                 val_subjects: Sequence[str] = (), test_subjects: Sequence[str] = ("1160", "1078", "1159", "1061", "1171"),
+                 fodf_pattern: str = "fodf/sub-{subject}__fodf.nii.gz",
+                 peaks_pattern: Optional[str] = "fodf/sub-{subject}__peaks.nii.gz",
+                 bundle_pattern: str = "tractography/sub-{subject}__{bundle}.trk",
+                 mask_pattern: Optional[str] = None, dilate_voxels: int = 1, sh_basis: str = "descoteaux07",
+                 sh_legacy: bool = True, **kwargs):
+        super().__init__(data_dir, bundle, mask_pattern, dilate_voxels, sh_basis, sh_legacy, **kwargs)
+        self.subject_lists = {"train": [str(s) for s in train_subjects], "val": [str(s) for s in val_subjects],
+                              "test": [str(s) for s in test_subjects]}
+        self.fodf_pattern, self.peaks_pattern, self.bundle_pattern = fodf_pattern, peaks_pattern, bundle_pattern
+
+    def subject_names(self, split: str) -> list[str]:
+        return self.subject_lists[split]
+
+    def subject_dir(self, subject: str) -> Path:
+        derivatives = self.data_dir / "derivatives"
+        if not derivatives.is_dir():
+            raise DatasetError("TractoInferno derivatives folder not found", path=derivatives, layout=self.layout,
+                               standin_config=STANDIN)
+        for split in ("trainset", "validset", "testset"):
+            folder = derivatives / split / f"sub-{subject}"
+            if folder.is_dir():
+                return folder
+        raise DatasetError(f"subject sub-{subject} is in none of trainset/validset/testset", path=derivatives,
+                           layout=self.layout, standin_config=STANDIN)
+
+    def prepare_data(self) -> None:
+        for split in ("train", "val", "test"):
+            for subject in self.subject_lists[split]:
+                folder = self.subject_dir(subject)
+                self._file(folder / self.fodf_pattern.format(subject=subject), "fODF")
+                self._file(folder / self.bundle_pattern.format(subject=subject, bundle=self.bundle),
+                              f"reference bundle {self.bundle}")
+
+    def load_subject(self, name: str) -> TractographySubject:
+        import nibabel as nib
+
+        folder = self.subject_dir(name)
+        fodf = self._file(folder / self.fodf_pattern.format(subject=name), "fODF")
+        image = nib.load(str(fodf))
+        sh = np.asarray(image.dataobj, dtype=np.float32)
+        peaks = None
+        if self.peaks_pattern and (folder / self.peaks_pattern.format(subject=name)).is_file():
+            peaks = _peaks_array(np.asarray(nib.load(str(folder / self.peaks_pattern.format(subject=name))).dataobj,
+                                            dtype=np.float32))
+        bundle = self._file(folder / self.bundle_pattern.format(subject=name, bundle=self.bundle),
+                               f"reference bundle {self.bundle}")
+        mask = None
+        if self.mask_pattern:
+            mask = self._file(folder / self.mask_pattern.format(subject=name, bundle=self.bundle), "tract mask")
+        return self._subject(f"sub-{name}", sh, peaks, image, bundle, mask)
+
+
+class ISMRM2015DataModule(_BundleDataModule):
+    """The ISMRM 2015 phantom (one subject; see the module docstring): it is the test subject (``role: test``) or
+    the training one (``role: train``). The fODF comes from ``fodf.nii.gz`` when present, else from dipy's CSD
+    (response ``auto_response_ssst``, SH order 8, peaks from ``peaks_from_model``), cached in ``cache_dir``."""
+
+    layout = ISMRM_LAYOUT
+
+    def __init__(self, data_dir: str = "data/ismrm2015", bundle: str = "Cingulum_left", role: str = "test",
+                 bundle_pattern: str = "bundles/{bundle}.trk", mask_pattern: Optional[str] = None,
+                 dilate_voxels: int = 1, sh_order: int = 8, cache_dir: Optional[str] = None,
+                 sh_basis: str = "descoteaux07", sh_legacy: bool = True, **kwargs):
+        super().__init__(data_dir, bundle, mask_pattern, dilate_voxels, sh_basis, sh_legacy, **kwargs)
+        if role not in ("train", "test"):
+            raise ValueError(f"role must be 'train' or 'test', got {role!r}")
+        self.role, self.bundle_pattern, self.sh_order = role, bundle_pattern, sh_order
+        self.cache_dir = Path(cache_dir) if cache_dir else self.data_dir / "cache"
+
+    def subject_names(self, split: str) -> list[str]:
+        return ["ismrm2015"] if split == self.role else []
+
+    def prepare_data(self) -> None:
+        self._file(self.data_dir / self.bundle_pattern.format(bundle=self.bundle), f"ground-truth bundle {self.bundle}")
+        if not (self.data_dir / "fodf.nii.gz").is_file():
+            for name in ("Diffusion.nii.gz", "Diffusion.bvals", "Diffusion.bvecs"):
+                self._file(self.data_dir / name, "DWI file")
+
+    def fodf(self):
+        """(SH (X, Y, Z, C), peaks (X, Y, Z, P, 3) or None, image)."""
+        import nibabel as nib
+
+        precomputed = self.data_dir / "fodf.nii.gz"
+        if precomputed.is_file():
+            image = nib.load(str(precomputed))
+            return np.asarray(image.dataobj, dtype=np.float32), None, image
+        dwi = self._file(self.data_dir / "Diffusion.nii.gz", "DWI file")
+        image = nib.load(str(dwi))
+        cache = self.cache_dir / f"csd_order{self.sh_order}.npz"
+        if cache.is_file():
+            with np.load(cache) as f:
+                return f["sh"], f["peaks"], image
+        from dipy.core.gradients import gradient_table
+        from dipy.data import get_sphere
+        from dipy.direction import peaks_from_model
+        from dipy.io.gradients import read_bvals_bvecs
+        from dipy.reconst.csdeconv import ConstrainedSphericalDeconvModel, auto_response_ssst
+
+        bvals, bvecs = read_bvals_bvecs(str(self._file(self.data_dir / "Diffusion.bvals", "DWI file")),
+                                        str(self._file(self.data_dir / "Diffusion.bvecs", "DWI file")))
+        gtab = gradient_table(bvals, bvecs=bvecs)
+        data = np.asarray(image.dataobj, dtype=np.float32)
+        response, _ = auto_response_ssst(gtab, data, roi_radii=10, fa_thr=0.7)
+        model = ConstrainedSphericalDeconvModel(gtab, response, sh_order_max=self.sh_order)
+        mask = data[..., gtab.b0s_mask].mean(-1) > 0
+        fit = peaks_from_model(model, data, get_sphere(name="repulsion724"), relative_peak_threshold=0.5,
+                               min_separation_angle=25, mask=mask, return_sh=True, sh_order_max=self.sh_order,
+                               sh_basis_type=self.sh_basis, legacy=self.sh_legacy, npeaks=5)
+        sh, peaks = fit.shm_coeff.astype(np.float32), fit.peak_dirs.astype(np.float32)
+        if os.access(self.cache_dir.parent if not self.cache_dir.exists() else self.cache_dir, os.W_OK):
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            np.savez(cache, sh=sh, peaks=peaks)
+        return sh, peaks, image
+
+    def load_subject(self, name: str) -> TractographySubject:
+        sh, peaks, image = self.fodf()
+        bundle = self._file(self.data_dir / self.bundle_pattern.format(bundle=self.bundle),
+                               f"ground-truth bundle {self.bundle}")
+        mask = None
+        if self.mask_pattern:
+            mask = self._file(self.data_dir / self.mask_pattern.format(bundle=self.bundle), "tract mask")
+        return self._subject(name, sh, peaks, image, bundle, mask)
