@@ -1,0 +1,118 @@
+"""TractoInferno and ISMRM 2015 readers on tiny fixtures in the distributed layouts, and their errors."""
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from datamodules.base import DatasetError
+from datamodules.standins.synthetic_fodf_phantom import make_phantom
+from datamodules.tractoinferno import ISMRM2015DataModule, TractoInfernoDataModule
+from lightning_modules.metrics.tractography import streamlines_to_mask
+from lightning_modules.tasks.reinforcement import save_tractogram
+from lightning_modules.tasks.tracking_env import TractographySubject
+
+ENV = dict(step_mm=0.5, min_length_mm=5.0, max_length_mm=30.0, max_timestep=60)
+
+
+def bundle_lines(centreline: np.ndarray) -> list[np.ndarray]:
+    return [centreline[::10] + np.array(offset, np.float32) for offset in
+            ([0, 0, 0], [0.5, 0.3, 0], [-0.4, -0.5, 0.2], [0, 0.6, -0.3])]
+
+
+def write_tractoinferno(root, subjects=("1030", "1160"), with_peaks=("1030",)):
+    phantom = make_phantom(size=16, radius=5.0, tube_radius=1.5, seed=1)
+    affine = np.eye(4)
+    for subject, split in zip(subjects, ("trainset", "testset")):
+        folder = root / "derivatives" / split / f"sub-{subject}"
+        (folder / "fodf").mkdir(parents=True)
+        nib.save(nib.Nifti1Image(phantom["sh"], affine), folder / "fodf" / f"sub-{subject}__fodf.nii.gz")
+        if subject in with_peaks:  # scilpy's layout: (X, Y, Z, 3 x P)
+            nib.save(nib.Nifti1Image(phantom["peaks"].reshape(16, 16, 16, 6), affine),
+                     folder / "fodf" / f"sub-{subject}__peaks.nii.gz")
+        shape_ref = TractographySubject("r", phantom["sh"], phantom["peaks"], phantom["bundle_a"], phantom["bundle_a"])
+        save_tractogram(bundle_lines(phantom["centreline"]), shape_ref,
+                        str(folder / "tractography" / f"sub-{subject}__PYT_L.trk"))
+    return phantom
+
+
+def test_tractoinferno_reads_the_layout_and_rolls_out(tmp_path):
+    phantom = write_tractoinferno(tmp_path)
+    dm = TractoInfernoDataModule(str(tmp_path), bundle="PYT_L", train_subjects=["1030"], test_subjects=["1160"],
+                                 sh_legacy=False, seeds_per_voxel=1, test_seeds_per_voxel=1, context_length=4,
+                                 batch_size=4, **ENV)
+    dm.prepare_data()
+    dm.setup("fit")
+    train = dm.get_subject(dm.indices("train")[0])
+    assert train.name == "sub-1030" and train.sh.shape == (16, 16, 16, 45) and train.peaks.shape == (16, 16, 16, 2, 3)
+    expected = streamlines_to_mask(bundle_lines(phantom["centreline"]), (16, 16, 16))
+    np.testing.assert_array_equal(train.bundle_mask, expected)
+    assert train.tracking_mask.sum() > train.bundle_mask.sum() and (train.tracking_mask >= train.bundle_mask).all()
+    assert dm.state_size == 334 and len(dm.train_set) > 0 and len(dm.val_set) > 0
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["states"].shape == (4, 4, 334) and batch["mask"].dtype == torch.bool
+    dm.setup("test")
+    test = next(iter(dm.test_dataloader()))
+    assert set(test) == {"subject", "seed"} and (test["subject"] == dm.indices("test")[0]).all()
+    # no peaks file: dipy finds the peaks from the SH (the phantom's tangents, up to sign)
+    computed = dm.get_subject(dm.indices("test")[0]).peaks
+    voxel = tuple(np.argwhere(phantom["bundle_a"] & ~phantom["bundle_b"])[0])
+    assert abs(np.dot(computed[voxel][0], phantom["peaks"][voxel][0])) > 0.95
+
+
+def test_tractoinferno_names_what_is_missing(tmp_path):
+    with pytest.raises(DatasetError, match="derivatives") as error:
+        TractoInfernoDataModule(str(tmp_path), train_subjects=["1030"], test_subjects=[]).prepare_data()
+    assert "tract_rlformer_demo.yaml" in str(error.value) and "sub-<id>__fodf.nii.gz" in str(error.value)
+    write_tractoinferno(tmp_path)
+    with pytest.raises(DatasetError, match="reference bundle AF_L"):
+        TractoInfernoDataModule(str(tmp_path), bundle="AF_L", train_subjects=["1030"], test_subjects=[]).prepare_data()
+    with pytest.raises(DatasetError, match="sub-9999"):
+        TractoInfernoDataModule(str(tmp_path), train_subjects=["9999"], test_subjects=[]).prepare_data()
+
+
+def write_ismrm(root):
+    from dipy.core.gradients import gradient_table
+    from dipy.core.sphere import disperse_charges, HemiSphere
+    from dipy.sims.voxel import single_tensor
+
+    rng = np.random.default_rng(0)
+    theta, phi = np.pi * rng.random(32), 2 * np.pi * rng.random(32)
+    hemi, _ = disperse_charges(HemiSphere(theta=theta, phi=phi), 500)
+    bvecs = np.concatenate([[[0, 0, 0]], hemi.vertices])
+    bvals = np.concatenate([[0], np.full(32, 1000)])
+    gtab = gradient_table(bvals, bvecs=bvecs)
+    signal = single_tensor(gtab, 100, evals=np.array([1.7e-3, 0.3e-3, 0.3e-3]), evecs=np.eye(3))
+    data = np.tile(signal, (10, 10, 10, 1)).astype(np.float32)  # one fibre population along x everywhere
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    nib.save(nib.Nifti1Image(data, affine), root / "Diffusion.nii.gz")
+    np.savetxt(root / "Diffusion.bvals", bvals[None], fmt="%d")
+    np.savetxt(root / "Diffusion.bvecs", bvecs.T, fmt="%.6f")
+    lines = [np.stack([np.linspace(1, 8, 30), np.full(30, y), np.full(30, 5.0)], 1).astype(np.float32) for y in (4, 5)]
+    ref = TractographySubject("r", np.zeros((10, 10, 10, 45), np.float32), np.zeros((10, 10, 10, 1, 3), np.float32),
+                              np.ones((10, 10, 10), bool), np.ones((10, 10, 10), bool), affine=affine)
+    save_tractogram(lines, ref, str(root / "bundles" / "Cingulum_left.trk"))
+    return lines
+
+
+def test_ismrm2015_fits_csd_and_scores_its_bundle(tmp_path):
+    lines = write_ismrm(tmp_path)
+    dm = ISMRM2015DataModule(str(tmp_path), bundle="Cingulum_left", role="test", test_seeds_per_voxel=1,
+                             step_mm=1.0, min_length_mm=4.0, max_length_mm=20.0)
+    dm.prepare_data()
+    dm.setup("test")
+    subject = dm.get_subject(dm.indices("test")[0])
+    assert subject.sh.shape == (10, 10, 10, 45) and subject.voxel_size == pytest.approx(2.0)
+    np.testing.assert_array_equal(subject.bundle_mask, streamlines_to_mask(lines, (10, 10, 10)))
+    peak = subject.peaks[5, 5, 5, 0]
+    assert abs(peak[0]) > 0.95  # CSD finds the x-oriented fibre
+    assert (tmp_path / "cache" / "csd_order8.npz").is_file()
+    assert len(dm.test_set) == subject.seed_mask.sum() and dm.make_env(0).step == pytest.approx(0.5)
+
+
+def test_ismrm2015_names_the_missing_dwi(tmp_path):
+    (tmp_path / "bundles").mkdir()
+    (tmp_path / "bundles" / "Cingulum_left.trk").write_bytes(b"")
+    with pytest.raises(DatasetError, match="Diffusion.nii.gz"):
+        ISMRM2015DataModule(str(tmp_path)).prepare_data()
