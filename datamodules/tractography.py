@@ -11,7 +11,8 @@ reference bundle) and the environment's settings (step, angle, lengths, state), 
 - ``mode: trajectories`` (offline sequence policy, e.g. Tract-RLFormer): a level-1 ``expert`` (``peaks``: peak
   following with Gaussian noise ``expert_noise``; or a ``TD3Task`` checkpoint path) tracks both directions from
   every seed of each training (validation) subject; per subject the ``trajectories_per_subject`` kept are the
-  longest half (``longest_fraction``) plus a random draw of the rest (the paper's 5,000 + 5,000), all when None.
+  longest half (``longest_fraction``) plus a random draw of the rest (the paper's 5,000 + 5,000), all when None,
+  and ``trajectories_total`` likewise over all subjects.
   Items are K-step windows ``{"returns", "states", "actions", "timesteps", "mask"}`` starting at a uniformly drawn
   transition (Decision Transformer's sampling, so a trajectory is drawn in proportion to its length), left-padded
   (states 0, actions -10, returns 0, mask False) where the trajectory ends within K steps; returns-to-go are
@@ -153,8 +154,12 @@ class TractographyDataModule(BaseDataModule):
         seeds_per_voxel: training seeds (episodes mode) and expert roll-out seeds (trajectories mode) per voxel.
         test_seeds_per_voxel: test tracking seeds per voxel; val_seeds: validation seeds kept (episodes mode).
         episodes_per_epoch: seeds drawn per training epoch (episodes mode; None: all).
-        expert, expert_noise: the level-1 policy of the roll-outs (``peaks`` or a TD3 checkpoint) and its noise.
-        trajectories_per_subject, longest_fraction: the roll-outs kept per subject (None: all).
+        expert, expert_noise: the level-1 policy of the roll-outs (``peaks`` or a TD3 checkpoint path, where
+            ``{bundle}`` stands for the subject's tract: one agent per tract) and its noise.
+        trajectories_per_subject, longest_fraction: the roll-outs kept per subject (None: all): the longest
+            ``longest_fraction`` of them and a random draw of the rest (the paper: 5,000 + 5,000 per subject and tract);
+        trajectories_total: the same selection over all subjects together (the paper's mixed-tract set: 75,000
+            longest + 75,000 random of the 350,000).
         context_length: K; rtg_scale: returns-to-go divisor; max_timestep: the timestep embedding's size
             (timesteps clamp below it); windows_per_epoch: training windows per epoch (None: one per transition);
             val_windows: validation windows kept (a fixed random subset; None: all).
@@ -167,7 +172,7 @@ class TractographyDataModule(BaseDataModule):
                  n_previous: int = 4, neighbour_offset: float = 0.75, seeds_per_voxel: int = 7,
                  test_seeds_per_voxel: int = 7, val_seeds: int = 4096, episodes_per_epoch: Optional[int] = None,
                  expert: str = "peaks", expert_noise: float = 0.1, trajectories_per_subject: Optional[int] = None,
-                 longest_fraction: float = 0.5, context_length: int = 40, rtg_scale: float = 100.0,
+                 longest_fraction: float = 0.5, trajectories_total: Optional[int] = None, context_length: int = 40, rtg_scale: float = 100.0,
                  max_timestep: Optional[int] = 530, windows_per_epoch: Optional[int] = None,
                  val_windows: Optional[int] = 4096,
                  trajectory_cache: Optional[str] = None, seed: int = 0, batch_size: int = 128, num_workers: int = 0,
@@ -182,6 +187,7 @@ class TractographyDataModule(BaseDataModule):
         self.episodes_per_epoch = episodes_per_epoch
         self.expert, self.expert_noise = expert, expert_noise
         self.trajectories_per_subject, self.longest_fraction = trajectories_per_subject, longest_fraction
+        self.trajectories_total = trajectories_total
         self.context_length, self.rtg_scale, self.max_timestep = context_length, rtg_scale, max_timestep
         self.windows_per_epoch, self.val_windows = windows_per_epoch, val_windows
         self.trajectory_cache = trajectory_cache
@@ -247,7 +253,8 @@ class TractographyDataModule(BaseDataModule):
             return PeakFollower(env, noise=self.expert_noise, generator=generator)
         from lightning_modules.tasks.reinforcement import TD3Task
 
-        actor = TD3Task.load_from_checkpoint(self.expert, map_location="cpu").actor.eval()
+        path = self.expert.format(bundle=env.subject.bundle)  # one agent per tract: ".../td3_{bundle}/best.ckpt"
+        actor = TD3Task.load_from_checkpoint(path, map_location="cpu").actor.eval()
         return FeedForwardPolicy(actor, noise=self.expert_noise, generator=generator)
 
     def roll_out(self, split: str) -> Trajectories:
@@ -273,15 +280,14 @@ class TractographyDataModule(BaseDataModule):
                                           run.rewards.numpy()[valid],
                                           np.concatenate([[0], np.cumsum(lengths[keep])]).astype(np.int64),
                                           np.full(int(keep.sum()), index)))
-            parts[-2:] = [self._keep(Trajectories.concatenate(parts[-2:]), rng)]
-        trajectories = Trajectories.concatenate(parts)
+            parts[-2:] = [self._keep(Trajectories.concatenate(parts[-2:]), rng, self.trajectories_per_subject)]
+        trajectories = self._keep(Trajectories.concatenate(parts), rng, self.trajectories_total)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             trajectories.save(cache)
         return trajectories
 
-    def _keep(self, trajectories: Trajectories, rng: np.random.Generator) -> Trajectories:
-        n = self.trajectories_per_subject
+    def _keep(self, trajectories: Trajectories, rng: np.random.Generator, n: Optional[int]) -> Trajectories:
         if n is None or len(trajectories) <= n:
             return trajectories
         longest = int(round(n * self.longest_fraction))

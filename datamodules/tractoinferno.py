@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
+import torch
 from scipy import ndimage
 
-from datamodules.base import DatasetError
+from datamodules.base import BaseDataModule, DatasetError
 from datamodules.tractography import TractographyDataModule
 from lightning_modules.tasks.tracking_env import TractographySubject
 
@@ -77,7 +78,7 @@ def peaks_from_sh(sh: np.ndarray, mask: np.ndarray, basis: str = "descoteaux07",
 class _BundleDataModule(TractographyDataModule):
     """What the two readers share: the bundle mask, the tract mask, peaks from SH when none are given."""
 
-    def __init__(self, data_dir: str, bundle: str, mask_pattern: Optional[str] = None, dilate_voxels: int = 1,
+    def __init__(self, data_dir: str, bundle: Union[str, list[str]], mask_pattern: Optional[str] = None, dilate_voxels: int = 1,
                  sh_basis: str = "descoteaux07", sh_legacy: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.data_dir = Path(data_dir)
@@ -92,7 +93,7 @@ class _BundleDataModule(TractographyDataModule):
         return path
 
     def _subject(self, name: str, sh: np.ndarray, peaks: Optional[np.ndarray], image, bundle_path: Path,
-                 mask_path: Optional[Path]) -> TractographySubject:
+                 mask_path: Optional[Path], bundle: Optional[str] = None) -> TractographySubject:
         import nibabel as nib
 
         shape = sh.shape[:3]
@@ -106,7 +107,7 @@ class _BundleDataModule(TractographyDataModule):
             peaks = peaks_from_sh(sh, tract_mask, self.sh_basis, self.sh_legacy)
         return TractographySubject(name=name, sh=sh.astype(np.float32), peaks=peaks.astype(np.float32),
                                    tracking_mask=tract_mask, seed_mask=tract_mask, bundle_mask=bundle_mask,
-                                   affine=image.affine, reference=lines)
+                                   affine=image.affine, reference=lines, bundle=bundle or self.bundle)
 
 
 def _peaks_array(data: np.ndarray) -> np.ndarray:
@@ -115,13 +116,14 @@ def _peaks_array(data: np.ndarray) -> np.ndarray:
 
 
 class TractoInfernoDataModule(_BundleDataModule):
-    """TractoInferno (see the module docstring). ``train_subjects``/``val_subjects``/``test_subjects``: subject ids
+    """TractoInferno (see the module docstring). ``bundle``: one tract, or several (each subject then counts once per
+    tract, ``<id>:<bundle>``: the mixed-tract pre-training set). ``train_subjects``/``val_subjects``/``test_subjects``: subject ids
     without ``sub-`` (the paper: train 1030 1079 1119 1180 1198; test 1160 1078 1159 1061 1171; Table 2: 1006).
     Without validation subjects, validation uses the training subjects (episodes) or their roll-outs."""
 
     layout = TRACTOINFERNO_LAYOUT
 
-    def __init__(self, data_dir: str = "data/tractoinferno", bundle: str = "PYT_L",
+    def __init__(self, data_dir: str = "data/tractoinferno", bundle: Union[str, list[str]] = "PYT_L",
                  train_subjects: Sequence[str] = ("1030", "1079", "1119", "1180", "1198"),
                  val_subjects: Sequence[str] = (), test_subjects: Sequence[str] = ("1160", "1078", "1159", "1061", "1171"),
                  fodf_pattern: str = "fodf/sub-{subject}__fodf.nii.gz",
@@ -134,8 +136,15 @@ class TractoInfernoDataModule(_BundleDataModule):
                               "test": [str(s) for s in test_subjects]}
         self.fodf_pattern, self.peaks_pattern, self.bundle_pattern = fodf_pattern, peaks_pattern, bundle_pattern
 
+    @property
+    def bundles(self) -> list[str]:
+        return [self.bundle] if isinstance(self.bundle, str) else list(self.bundle)
+
     def subject_names(self, split: str) -> list[str]:
-        return self.subject_lists[split]
+        """``<id>`` for one bundle; ``<id>:<bundle>`` per bundle for several (mixed-tract pre-training)."""
+        if isinstance(self.bundle, str):
+            return self.subject_lists[split]
+        return [f"{s}:{b}" for s in self.subject_lists[split] for b in self.bundles]
 
     def subject_dir(self, subject: str) -> Path:
         derivatives = self.data_dir / "derivatives"
@@ -154,12 +163,15 @@ class TractoInfernoDataModule(_BundleDataModule):
             for subject in self.subject_lists[split]:
                 folder = self.subject_dir(subject)
                 self._file(folder / self.fodf_pattern.format(subject=subject), "fODF")
-                self._file(folder / self.bundle_pattern.format(subject=subject, bundle=self.bundle),
-                              f"reference bundle {self.bundle}")
+                for bundle in self.bundles:
+                    self._file(folder / self.bundle_pattern.format(subject=subject, bundle=bundle),
+                               f"reference bundle {bundle}")
 
     def load_subject(self, name: str) -> TractographySubject:
         import nibabel as nib
 
+        name, _, bundle_name = name.partition(":")
+        bundle_name = bundle_name or self.bundles[0]
         folder = self.subject_dir(name)
         fodf = self._file(folder / self.fodf_pattern.format(subject=name), "fODF")
         image = nib.load(str(fodf))
@@ -168,12 +180,13 @@ class TractoInfernoDataModule(_BundleDataModule):
         if self.peaks_pattern and (folder / self.peaks_pattern.format(subject=name)).is_file():
             peaks = _peaks_array(np.asarray(nib.load(str(folder / self.peaks_pattern.format(subject=name))).dataobj,
                                             dtype=np.float32))
-        bundle = self._file(folder / self.bundle_pattern.format(subject=name, bundle=self.bundle),
-                               f"reference bundle {self.bundle}")
+        bundle = self._file(folder / self.bundle_pattern.format(subject=name, bundle=bundle_name),
+                            f"reference bundle {bundle_name}")
         mask = None
         if self.mask_pattern:
-            mask = self._file(folder / self.mask_pattern.format(subject=name, bundle=self.bundle), "tract mask")
-        return self._subject(f"sub-{name}", sh, peaks, image, bundle, mask)
+            mask = self._file(folder / self.mask_pattern.format(subject=name, bundle=bundle_name), "tract mask")
+        label = f"sub-{name}" if isinstance(self.bundle, str) else f"sub-{name}_{bundle_name}"
+        return self._subject(label, sh, peaks, image, bundle, mask, bundle_name)
 
 
 class ISMRM2015DataModule(_BundleDataModule):
@@ -245,4 +258,80 @@ class ISMRM2015DataModule(_BundleDataModule):
         mask = None
         if self.mask_pattern:
             mask = self._file(self.data_dir / self.mask_pattern.format(bundle=self.bundle), "tract mask")
-        return self._subject(name, sh, peaks, image, bundle, mask)
+        return self._subject(name, sh, peaks, image, bundle, mask, self.bundle)
+
+
+class VoxelDataset(torch.utils.data.Dataset):
+    """MRM items: ``{"signal": features (F,), "label": int64 0/1}``."""
+
+    def __init__(self, features: np.ndarray, labels: np.ndarray):
+        self.features = torch.as_tensor(features, dtype=torch.float32)
+        self.labels = torch.as_tensor(labels, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"signal": self.features[i], "label": self.labels[i]}
+
+
+class TractoInfernoMRMDataModule(BaseDataModule):
+    """Voxels for Tract-RLFormer's mask refinement module (MRM) on TractoInferno: every voxel of the tract's ROI
+    (``roi_pattern``: the atlas bundle registered to the subject, e.g. HCP842 + RecobundlesX with ANTs, as a mask;
+    dilated by ``roi_dilate_voxels``, the paper's 5 mm) gives ``lightning_modules.tract_rlformer.mrm_features``
+    (7 x (45 SH + ROI value), 322 values) and the label "in the reference bundle". Without ``roi_pattern`` the ROI
+    is the reference bundle itself, dilated (an oracle ROI: the registration step is not reproduced here).
+    Batches ``{"signal": (B, 322), "label": (B,)}`` for ``ClassificationTask(num_classes 2)`` (``MaskRefinementNet``
+    with ``out_features: 2``); the voxel-wise F1 of class 1 on the test subjects is the Dice of the refined mask
+    within the ROI."""
+
+    def __init__(self, data_dir: str = "data/tractoinferno", bundle: str = "PYT_L",
+                 train_subjects: Sequence[str] = ("1030", "1079", "1119", "1180", "1198"),
+                 val_subjects: Sequence[str] = (), test_subjects: Sequence[str] = ("1160", "1078", "1159", "1061", "1171"),
+                 fodf_pattern: str = "fodf/sub-{subject}__fodf.nii.gz",
+                 bundle_pattern: str = "tractography/sub-{subject}__{bundle}.trk", roi_pattern: Optional[str] = None,
+                 roi_dilate_voxels: int = 5, batch_size: int = 512, num_workers: int = 0,
+                 pin_memory: Optional[bool] = None, eval_batch_size: Optional[int] = None):
+        super().__init__(batch_size, num_workers, pin_memory, eval_batch_size)
+        self.reader = TractoInfernoDataModule(data_dir, bundle, train_subjects, val_subjects, test_subjects,
+                                              fodf_pattern, None, bundle_pattern)
+        self.roi_pattern, self.roi_dilate_voxels = roi_pattern, roi_dilate_voxels
+
+    def prepare_data(self) -> None:
+        self.reader.prepare_data()
+
+    def voxels(self, subject: str) -> tuple[np.ndarray, np.ndarray]:
+        import nibabel as nib
+
+        from lightning_modules.tract_rlformer import mrm_features
+
+        reader = self.reader
+        folder = reader.subject_dir(subject)
+        image = nib.load(str(reader._file(folder / reader.fodf_pattern.format(subject=subject), "fODF")))
+        sh = np.asarray(image.dataobj, dtype=np.float32)
+        bundle_path = reader._file(folder / reader.bundle_pattern.format(subject=subject, bundle=reader.bundle),
+                                   f"reference bundle {reader.bundle}")
+        bundle, _ = load_bundle_voxels(bundle_path, image, sh.shape[:3])
+        if self.roi_pattern:
+            roi_path = reader._file(folder / self.roi_pattern.format(subject=subject, bundle=reader.bundle), "ROI mask")
+            roi = np.asarray(nib.load(str(roi_path)).dataobj) > 0
+        else:
+            roi = bundle
+        if self.roi_dilate_voxels:
+            roi = ndimage.binary_dilation(roi, iterations=self.roi_dilate_voxels)
+        voxels = np.argwhere(roi)
+        return mrm_features(sh, roi, voxels), bundle[tuple(voxels.T)]
+
+    def _split(self, split: str) -> Optional[VoxelDataset]:
+        subjects = self.reader.subject_lists[split]
+        if not subjects:
+            return None
+        parts = [self.voxels(s) for s in subjects]
+        return VoxelDataset(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if stage in (None, "fit", "validate") and self.train_set is None:
+            self.train_set = self._split("train")
+            self.val_set = self._split("val") or self._split("test")
+        if stage in (None, "test", "predict") and self.test_set is None:
+            self.test_set = self._split("test")

@@ -139,19 +139,23 @@ class TractRLFormer(nn.Module):
 class MaskRefinementNet(nn.Module):
     """MRM: voxel-wise keep probability logit from 7 x (45 SH + 1 ROI) features (the voxel and its 6 face
     neighbours). Hidden layers Linear -> BatchNorm -> Dropout -> ReLU (the official code's order; the paper lists
-    ReLU, BatchNorm, Dropout). Returns logits (apply a sigmoid for the paper's probability)."""
+    ReLU, BatchNorm, Dropout). Returns logits (B, ``out_features``): 1 is the paper's (a sigmoid gives the keep
+    probability); with 2 the classification family trains it as a two-class classifier (softmax over two logits =
+    a sigmoid of their difference, the same model with 129 more parameters), since torchmetrics' multi-label
+    metrics need at least two labels."""
 
-    def __init__(self, in_features: int = 322, hidden: tuple[int, ...] = (512, 256, 128), dropout: float = 0.5):
+    def __init__(self, in_features: int = 322, hidden: tuple[int, ...] = (512, 256, 128), dropout: float = 0.5,
+                 out_features: int = 1):
         super().__init__()
         layers, width = [], in_features
         for size in hidden:
             layers += [nn.Linear(width, size), nn.BatchNorm1d(size), nn.Dropout(dropout), nn.ReLU()]
             width = size
-        layers.append(nn.Linear(width, 1))
+        layers.append(nn.Linear(width, out_features))
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(-1)
+        return self.net(x)
 
 
 def mrm_features(sh: np.ndarray, roi: np.ndarray, voxels: Optional[np.ndarray] = None) -> np.ndarray:

@@ -162,7 +162,7 @@ def test_mrm_features_take_the_voxel_and_its_six_neighbours():
     np.testing.assert_array_equal(centre[0], [*sh[1, 1, 1], 1])
     np.testing.assert_array_equal(centre[1], [*sh[2, 1, 1], 0])
     np.testing.assert_array_equal(f[0].reshape(7, 3)[2], 0)  # -x of the corner voxel: outside, zero-padded
-    assert MaskRefinementNet(in_features=21).eval()(torch.as_tensor(f)).shape == (2,)
+    assert MaskRefinementNet(in_features=21).eval()(torch.as_tensor(f)).shape == (2, 1)
 
 
 # -- loss and metrics -------------------------------------------------------------------------------------------

@@ -116,3 +116,24 @@ def test_ismrm2015_names_the_missing_dwi(tmp_path):
     (tmp_path / "bundles" / "Cingulum_left.trk").write_bytes(b"")
     with pytest.raises(DatasetError, match="Diffusion.nii.gz"):
         ISMRM2015DataModule(str(tmp_path)).prepare_data()
+
+
+def test_mrm_voxels_train_the_refinement_classifier(tmp_path):
+    import lightning as L
+
+    from datamodules.tractoinferno import TractoInfernoMRMDataModule
+    from lightning_modules.tasks.classification import ClassificationTask
+    from lightning_modules.tract_rlformer import MaskRefinementNet
+
+    write_tractoinferno(tmp_path)
+    dm = TractoInfernoMRMDataModule(str(tmp_path), bundle="PYT_L", train_subjects=["1030"], test_subjects=["1160"],
+                                    roi_dilate_voxels=2, batch_size=64)
+    dm.prepare_data()
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["signal"].shape == (64, 322) and batch["label"].shape == (64,)
+    labels = dm.train_set.labels.float()
+    assert 0 < labels.mean() < 1  # the ROI holds bundle and non-bundle voxels
+    task = ClassificationTask(MaskRefinementNet(out_features=2), num_classes=2, input_key="signal")
+    L.Trainer(fast_dev_run=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+              enable_model_summary=False, default_root_dir=tmp_path).fit(task, dm)

@@ -50,6 +50,7 @@ class TractographySubject:
     bundle_mask: Optional[np.ndarray] = None
     affine: np.ndarray = field(default_factory=lambda: np.eye(4))
     reference: Optional[list] = None
+    bundle: Optional[str] = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
