@@ -84,6 +84,10 @@ class EfficientNetB4Encoder(nn.Module):
 
         self.net = EfficientNetEncoder(model_name="efficientnet-b4", pretrained=False, spatial_dims=2,
                                        in_channels=in_channels)
+        # The classification head (conv_head 448 -> 1792, bn1, fc) is not used by the feature encoder: dropped, so
+        # that every parameter gets a gradient (DDP) and the optimiser holds only what trains.
+        for name in ("_conv_head", "_bn1", "_fc", "_avg_pooling", "_dropout"):
+            delattr(self.net, name)
         if pretrained is not None:
             self.load_checkpoint(pretrained)
 
