@@ -13,7 +13,8 @@ Two levels of work, so that no video is decoded in a loader's hot path:
    Butterworth, 0.7-4 Hz, zero-phase) and detrended (smoothness priors, Tarvainen et al. 2002, ``detrend_lambda``);
    the ``num_traces`` traces of smallest standard deviation (Eq. 2-3; ``roi_selection: random`` for the ablation),
    z-scored; then the AUs (intensity / 5). The clip's input is (num_traces + 18) x f (38 x f), its target the
-   band-passed, z-scored reference pulse and the HR at its spectral peak (Eq. 4 on the reference).
+   band-passed, z-scored reference pulse and the HR at its spectral peak (Eq. 4 on the reference; both in a wider
+   band, 0.5 Hz to 0.45 x fps, so that out-of-range HRs are recognised).
 
 Training videos are augmented (Sect. 3.2, HR balancing) by resampling the whole record in time by linear
 interpolation (``augment_factors``: 2 and 3 speed the video up, raising HR; 0.667 slows it down); clips whose reference
@@ -226,9 +227,12 @@ def video_clips(record: VideoRecord, settings: ClipSettings, seed: int = 0) -> d
         if settings.use_aus:
             signal[i, settings.num_traces:] = record.aus[s:s + f].T / 5.0
     if starts:
+        # the reference is filtered and searched in a wider band (0.5 Hz .. 0.45 fps, at most 8 Hz), so that a clip
+        # whose true HR leaves hr_range (after resampling augmentation) is seen as such and masked out
+        wide = (0.5, min(8.0, 0.45 * record.fps))
         reference = np.stack([record.pulse[s:s + f] for s in starts]).astype(np.float64)
-        pulse = zscore(bandpass(reference, record.fps, settings.band, settings.filter_order)).astype(np.float32)
-        hr, _ = hr_from_pulse(torch.from_numpy(pulse), record.fps, settings.nfft, settings.band)
+        pulse = zscore(bandpass(reference, record.fps, wide, settings.filter_order)).astype(np.float32)
+        hr, _ = hr_from_pulse(torch.from_numpy(pulse), record.fps, settings.nfft, wide)
         hr = hr.numpy().astype(np.float32)
     else:
         pulse, hr = np.zeros((0, f), np.float32), np.zeros(0, np.float32)

@@ -238,14 +238,18 @@ class HRTrackTask(BaseTask):
         self._base_lrs = [group["lr"] for group in optimizer.param_groups]
         return self.with_scheduler(optimizer)
 
+    def freeze_for_stage(self, stage: int) -> None:
+        """Stage 1 trains rPPG-TCN, stage 2 MR-TCN (rPPG-TCN frozen), stage 3 both."""
+        self.pulse_net.requires_grad_(stage != 2)
+        if self.mr_net is not None:
+            self.mr_net.requires_grad_(stage != 1)
+
     def on_train_epoch_start(self) -> None:
         stage = self.stage
         if stage == self._stage:
             return
         self._stage = stage
-        self.pulse_net.requires_grad_(stage != 2)
-        if self.mr_net is not None:
-            self.mr_net.requires_grad_(stage != 1)
+        self.freeze_for_stage(stage)
         for optimizer in self.trainer.optimizers:
             optimizer.state.clear()  # a fresh Adam per stage, as three separate trainings would have
             for group, lr in zip(optimizer.param_groups, self._base_lrs or [g["lr"] for g in optimizer.param_groups]):
