@@ -34,13 +34,28 @@ FIXED, MOVING, FIXED_SEG, MOVING_SEG = "fixed", "moving", "fixed_seg", "moving_s
 #: registration landmarks: float (B, K, 2) pixel (x, y) coordinates in each image's frame, NaN rows where a pair has
 #: fewer than K; and the length of the fixed image's diagonal in pixels (B,) that normalises the errors (rTRE).
 FIXED_LANDMARKS, MOVING_LANDMARKS, DIAGONAL = "fixed_landmarks", "moving_landmarks", "diagonal"
+#: episodes (datamodules/episodic.py): the support slice (B, C, H, W) and its mask (B, 1, H, W) beside the query
+#: (``image``/``mask``); negatives: unrelated slices (B, N, C, H, W) with masks of an unrelated structure (B, N, 1, H, W).
+SUPPORT_IMAGE, SUPPORT_MASK = "support_image", "support_mask"
+NEGATIVE_IMAGE, NEGATIVE_MASK = "negative_image", "negative_mask"
+#: an initial label of the input (e.g. an MRF mask) that guides a model, float 0/1 (B, 1, *S).
+PRIOR = "prior"
+#: int (B,): the slice (last axis of a volume) where slice-to-slice inference starts (e.g. the rectum).
+START_SLICE = "start_slice"
 #: source separation: the mixture (B, samples) and the sources (B, K, samples).
 MIXTURE, SOURCES = "mixture", "sources"
 #: int (B,): the sample rate of an audio item, where a dataset's clips differ.
 SAMPLE_RATE = "sample_rate"
+#: detection targets, one entry per image (counts differ, so lists, not stacked; datamodules.detection collates):
+#: boxes float (N_i, 4) in pixel (x1, y1, x2, y2), x along the width; their class indices int64 (N_i,).
+BOXES, BOX_LABELS = "boxes", "box_labels"
 
 VOCABULARY = frozenset({IMAGE, AUDIO, SIGNAL, VIDEO, MASK, LABEL, TARGET, GROUP, NAME, FIXED, MOVING,
-                        FIXED_SEG, MOVING_SEG, FIXED_LANDMARKS, MOVING_LANDMARKS, DIAGONAL, MIXTURE, SOURCES, SAMPLE_RATE})
+                        FIXED_SEG, MOVING_SEG, FIXED_LANDMARKS, MOVING_LANDMARKS, DIAGONAL, MIXTURE, SOURCES, SAMPLE_RATE,
+                        BOXES, BOX_LABELS})
+
+#: episode keys (datamodules/episodic.py)
+VOCABULARY = VOCABULARY | frozenset({SUPPORT_IMAGE, SUPPORT_MASK, NEGATIVE_IMAGE, NEGATIVE_MASK, PRIOR, START_SLICE})
 
 
 def require(batch: Mapping, *keys: str, task: str = "this task") -> None:
