@@ -231,7 +231,9 @@ def load_dst_weights(network: DST, path: str | os.PathLike) -> dict[str, list[st
         for key, value in state.items():
             if key.startswith("layer4."):
                 mapped[key] = value
-            elif not key.startswith("fc."):
+            elif key.startswith("fc."):
+                mapped[key] = value  # the ImageNet classifier: reported as skipped
+            else:
                 for s in network.streams:
                     mapped[f"stems.{s}.{key}"] = value
         state = mapped
