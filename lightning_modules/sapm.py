@@ -155,23 +155,25 @@ class SensitivityGuidedUNet(nn.Module):
         sensitivity: the SE module on the low-level feature (Table 3's "Sensitivity").
         decoder_channels: the UnetBlocks' width (CCSDG: 256).
         pretrained: a local torchvision ``resnet*.pth`` (state dict) for the encoder; its ``fc`` is ignored.
+        width: encoder channel multiplier (1 = the paper's ResNet; < 1 only for fast CPU tests and demos).
     """
 
     def __init__(self, backbone: Literal["resnet18", "resnet34"] = "resnet34", num_classes: int = 2,
                  in_channels: int = 3, sensitivity: bool = True, decoder_channels: int = 256,
-                 pretrained: Optional[str] = None):
+                 pretrained: Optional[str] = None, width: float = 1.0):
         super().__init__()
         if backbone not in ("resnet18", "resnet34"):
             raise ValueError(f"backbone must be resnet18 or resnet34 (basic-block ResNets), got {backbone!r}")
-        self.encoder, _ = build_trunk(backbone, in_channels)
+        self.encoder, _ = build_trunk(backbone, in_channels, width)
         if pretrained:
             self.load_encoder(pretrained)
-        self.attention = ChannelAttention(64) if sensitivity else None
+        c1, c2, c3, c4 = (max(1, int(round(c * width))) for c in (64, 128, 256, 512))
+        self.attention = ChannelAttention(c1) if sensitivity else None
         d = decoder_channels
-        self.up1 = UnetBlock(512, 256, d)
-        self.up2 = UnetBlock(d, 128, d)
-        self.up3 = UnetBlock(d, 64, d)
-        self.up4 = UnetBlock(d, 64, d)
+        self.up1 = UnetBlock(c4, c3, d)
+        self.up2 = UnetBlock(d, c2, d)
+        self.up3 = UnetBlock(d, c1, d)
+        self.up4 = UnetBlock(d, c1, d)
         self.up5 = nn.ConvTranspose2d(d, num_classes, 2, stride=2)
 
     def load_encoder(self, path: str) -> None:

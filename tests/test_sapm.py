@@ -111,7 +111,7 @@ def test_parameter_counts_of_the_ccsdg_unet_with_se():
 
 def test_network_shapes_features_and_pretrained_encoder(tmp_path):
     torch.manual_seed(0)
-    network = SensitivityGuidedUNet("resnet18", decoder_channels=32).eval()
+    network = SensitivityGuidedUNet("resnet18", decoder_channels=32).eval()  # width 1: torchvision's layout
     image = torch.rand(2, 3, 64, 64)
     logits, features, attention = network(image, return_features=True)
     assert logits.shape == (2, 2, 64, 64) and features.shape == (2, 64, 32, 32) and attention.shape == (2, 64, 1, 1)
@@ -123,7 +123,10 @@ def test_network_shapes_features_and_pretrained_encoder(tmp_path):
     assert torch.equal(loaded.encoder.layer4[1].conv2.weight, network.encoder.layer4[1].conv2.weight)
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, tmp_path / "bad.pth")
     with pytest.raises(RuntimeError, match="missing"):
-        SensitivityGuidedUNet("resnet18", pretrained=str(tmp_path / "bad.pth"))
+        SensitivityGuidedUNet("resnet18", decoder_channels=16, pretrained=str(tmp_path / "bad.pth"))
+    narrow = SensitivityGuidedUNet("resnet18", decoder_channels=16, width=0.25)
+    logits, features, attention = narrow(image, return_features=True)
+    assert logits.shape == (2, 2, 64, 64) and features.shape == (2, 16, 32, 32) and attention.shape == (2, 16, 1, 1)
 
 
 # ---------------------------------------------------------------------------------------------------------- task
@@ -135,23 +138,23 @@ def _batch():
 def test_two_stream_step_sums_the_weighted_terms_and_trains_the_attention():
     torch.manual_seed(0)
     image, mask = _batch()
-    task = SAPMSegmentationTask(SensitivityGuidedUNet("resnet18", decoder_channels=16), con_weight=0.5,
+    task = SAPMSegmentationTask(SensitivityGuidedUNet("resnet18", decoder_channels=16, width=0.25), con_weight=0.5,
                                 guidance_weight=0.5)
     out = task.two_stream_losses(image, mask)
     assert set(out) == {"loss", "seg", "con", "guidance"}
     assert out["loss"].item() == pytest.approx((out["seg"] + 0.5 * out["con"] + 0.5 * out["guidance"]).item(), rel=1e-6)
     out["loss"].backward()
     assert task.network.attention.conv.weight.grad.abs().sum() > 0
-    plain = SAPMSegmentationTask(SensitivityGuidedUNet("resnet18", sensitivity=False, decoder_channels=16),
+    plain = SAPMSegmentationTask(SensitivityGuidedUNet("resnet18", sensitivity=False, decoder_channels=16, width=0.25),
                                  augmentation="none", sensitivity=False)
     terms = plain.two_stream_losses(image, mask)
     expected = plain.loss_fn(plain.network(image), mask)  # BCE + Dice on OD and OC
     assert set(terms) == {"loss", "seg"} and terms["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
     assert plain.loss_fn.multilabel and plain.monitor is None  # last epoch tested, no source-side selection
     with pytest.raises(ValueError, match="needs an augmentation"):
-        SAPMSegmentationTask(SensitivityGuidedUNet("resnet18"), augmentation="none", sensitivity=True)
+        SAPMSegmentationTask(SensitivityGuidedUNet("resnet18", width=0.25), augmentation="none", sensitivity=True)
     with pytest.raises(ValueError, match="channel attention"):
-        SAPMSegmentationTask(SensitivityGuidedUNet("resnet18", sensitivity=False), sensitivity=True)
+        SAPMSegmentationTask(SensitivityGuidedUNet("resnet18", sensitivity=False, width=0.25), sensitivity=True)
 
 
 # ---------------------------------------------------------------------------------------------------------- data
