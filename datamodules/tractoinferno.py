@@ -8,7 +8,9 @@ TractoInferno, as distributed (the paths Tract-RLFormer's code reads)::
         fodf/sub-<id>__peaks.nii.gz       fODF peaks (X, Y, Z, 3 x P); computed from the fODF with dipy if absent
         tractography/sub-<id>__<bundle>.trk   reference bundles (AF_L, CC_Fr_1, CG_L, OR_ML_L, PYT_L, ...)
 
-The tract mask (tracking and seeding) is ``mask_pattern`` (e.g. MRM's refined mask) when given, else the reference
+``atlas_pattern`` (optional): the atlas bundle registered to the subject (.trk), the reference of the FSS-style
+cleaning (the task's ``clean_mdf_mm``). The tract mask (tracking and seeding) is ``mask_pattern`` (e.g. MRM's
+refined mask) when given, else the reference
 bundle's voxels dilated by ``dilate_voxels`` (an oracle tract mask, as the paper's DET*/PROB* rows use
 tract-specific masks); the scored bundle mask is the reference bundle's voxels (``density_map`` > 0).
 
@@ -93,11 +95,13 @@ class _BundleDataModule(TractographyDataModule):
         return path
 
     def _subject(self, name: str, sh: np.ndarray, peaks: Optional[np.ndarray], image, bundle_path: Path,
-                 mask_path: Optional[Path], bundle: Optional[str] = None) -> TractographySubject:
+                 mask_path: Optional[Path], bundle: Optional[str] = None,
+                 atlas_path: Optional[Path] = None) -> TractographySubject:
         import nibabel as nib
 
         shape = sh.shape[:3]
-        bundle_mask, lines = load_bundle_voxels(bundle_path, image, shape)
+        bundle_mask, _ = load_bundle_voxels(bundle_path, image, shape)
+        atlas = load_bundle_voxels(atlas_path, image, shape)[1] if atlas_path is not None else None
         if mask_path is not None:
             tract_mask = np.asarray(nib.load(str(mask_path)).dataobj) > 0
         else:
@@ -107,7 +111,7 @@ class _BundleDataModule(TractographyDataModule):
             peaks = peaks_from_sh(sh, tract_mask, self.sh_basis, self.sh_legacy)
         return TractographySubject(name=name, sh=sh.astype(np.float32), peaks=peaks.astype(np.float32),
                                    tracking_mask=tract_mask, seed_mask=tract_mask, bundle_mask=bundle_mask,
-                                   affine=image.affine, reference=lines, bundle=bundle or self.bundle)
+                                   affine=image.affine, reference=atlas, bundle=bundle or self.bundle)
 
 
 def _peaks_array(data: np.ndarray) -> np.ndarray:
@@ -129,9 +133,10 @@ class TractoInfernoDataModule(_BundleDataModule):
                  fodf_pattern: str = "fodf/sub-{subject}__fodf.nii.gz",
                  peaks_pattern: Optional[str] = "fodf/sub-{subject}__peaks.nii.gz",
                  bundle_pattern: str = "tractography/sub-{subject}__{bundle}.trk",
-                 mask_pattern: Optional[str] = None, dilate_voxels: int = 1, sh_basis: str = "descoteaux07",
-                 sh_legacy: bool = True, **kwargs):
+                 mask_pattern: Optional[str] = None, atlas_pattern: Optional[str] = None, dilate_voxels: int = 1,
+                 sh_basis: str = "descoteaux07", sh_legacy: bool = True, **kwargs):
         super().__init__(data_dir, bundle, mask_pattern, dilate_voxels, sh_basis, sh_legacy, **kwargs)
+        self.atlas_pattern = atlas_pattern
         self.subject_lists = {"train": [str(s) for s in train_subjects], "val": [str(s) for s in val_subjects],
                               "test": [str(s) for s in test_subjects]}
         self.fodf_pattern, self.peaks_pattern, self.bundle_pattern = fodf_pattern, peaks_pattern, bundle_pattern
@@ -185,8 +190,11 @@ class TractoInfernoDataModule(_BundleDataModule):
         mask = None
         if self.mask_pattern:
             mask = self._file(folder / self.mask_pattern.format(subject=name, bundle=bundle_name), "tract mask")
+        atlas = None
+        if self.atlas_pattern:
+            atlas = self._file(folder / self.atlas_pattern.format(subject=name, bundle=bundle_name), "atlas bundle")
         label = f"sub-{name}" if isinstance(self.bundle, str) else f"sub-{name}_{bundle_name}"
-        return self._subject(label, sh, peaks, image, bundle, mask, bundle_name)
+        return self._subject(label, sh, peaks, image, bundle, mask, bundle_name, atlas)
 
 
 class ISMRM2015DataModule(_BundleDataModule):

@@ -59,6 +59,10 @@ def test_tractoinferno_reads_the_layout_and_rolls_out(tmp_path):
     computed = dm.get_subject(dm.indices("test")[0]).peaks
     voxel = tuple(np.argwhere(phantom["bundle_a"] & ~phantom["bundle_b"])[0])
     assert abs(np.dot(computed[voxel][0], phantom["peaks"][voxel][0])) > 0.95
+    assert train.reference is None  # cleaning uses atlas bundles only, never the scored reference
+    atlas = TractoInfernoDataModule(str(tmp_path), train_subjects=["1030"], test_subjects=[], sh_legacy=False,
+                                    atlas_pattern="tractography/sub-{subject}__{bundle}.trk", **ENV)
+    assert len(atlas.get_subject(0).reference) == 4
 
 
 def test_tractoinferno_names_what_is_missing(tmp_path):
