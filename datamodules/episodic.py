@@ -1,0 +1,351 @@
+"""Episodic sampling for slice-wise segmentation of volumes (the segmentation family's episodes), and the CT
+preprocessing they share: Guided-SET-DCL's sequential episodic training, usable by any support/query model.
+
+An **episode** (one training item, keys of ``lightning_modules/batch.py``) is:
+
+- ``support_image`` (C, H, W) and ``support_mask`` (1, H, W): a labelled slice with foreground;
+- ``image`` (C, H, W) and ``mask`` (1, H, W): the query slice, ``neighbour`` slices or fewer away from the support in
+  the same scan and also with foreground (``support_mode: neighbour``, SET); or any other foreground slice of the scan
+  (``support_mode: random``, classic few-shot episodes as in AAS-DCL);
+- ``prior`` (1, H, W): the query's initial label (e.g. the MRF colon mask) that guides a model;
+- ``negative_image`` (N, C, H, W) and ``negative_mask`` (N, 1, H, W): ``n_unrelated`` foreground-free slices of the same
+  scan with a mask of an unrelated structure each (an organ label when the scan has one, else a superpixel);
+- ``name``.
+
+Evaluation items are whole volumes (``EpisodeVolumeDataset``): ``image``/``mask``/``prior`` (1, H, W, D) with the
+slices along the last axis, and ``start_slice`` (the slice where slice-to-slice inference starts, e.g. the rectum).
+``SliceDataset`` serves the plain 2D slices (``image``/``mask``) of the same volumes for slice-wise baselines.
+
+``EpisodicVolumeDataModule`` turns raw volumes (a subclass's ``raw_volumes()``: HU (D, H, W) with axis 0 running
+from inferior to superior, the label, optional organ labels) into ``EpisodeVolume``s: the initial label by a
+pluggable ``initial_label`` (Guided-SET-DCL's MRF by default), the HU window mapped to [0, 1], slices resized to
+``image_size``, cached as ``.npz`` when a cache folder is given.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from datamodules.base import BaseDataModule, writable_dir
+from lightning_modules import batch as keys
+
+
+@dataclass
+class RawVolume:
+    """One scan as read: HU (D, H, W) (axis 0 from inferior to superior), labels (D, H, W) (> 0: foreground),
+    optional organ labels (D, H, W) (> 0: an unrelated structure, for the negatives' masks)."""
+
+    name: str
+    hu: np.ndarray
+    labels: np.ndarray
+    organs: Optional[np.ndarray] = None
+
+
+@dataclass
+class EpisodeVolume:
+    """A preprocessed scan: image (D, H, W) float32 in [0, 1], mask / prior / unrelated (D, H, W) uint8."""
+
+    name: str
+    image: np.ndarray
+    mask: np.ndarray
+    prior: np.ndarray
+    unrelated: np.ndarray
+    start_slice: int
+
+    @property
+    def foreground_slices(self) -> np.ndarray:
+        return np.flatnonzero(self.mask.reshape(len(self.mask), -1).any(1))
+
+    @property
+    def empty_slices(self) -> np.ndarray:
+        return np.flatnonzero(~self.mask.reshape(len(self.mask), -1).any(1))
+
+
+def window_hu(hu: np.ndarray, window: Sequence[float] = (-1000.0, 1000.0)) -> np.ndarray:
+    """HU clipped to ``window`` and mapped linearly to [0, 1]."""
+    low, high = float(window[0]), float(window[1])
+    return ((np.clip(hu, low, high) - low) / (high - low)).astype(np.float32)
+
+
+def resize_slices(volume: np.ndarray, size: int, mode: Literal["image", "mask"]) -> np.ndarray:
+    """(D, H, W) -> (D, size, size): bilinear with antialiasing for images, nearest for masks."""
+    if volume.shape[1:] == (size, size):
+        return volume
+    tensor = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[:, None]
+    if mode == "image":
+        out = F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        return out[:, 0].numpy().astype(np.float32)
+    out = F.interpolate(tensor, size=(size, size), mode="nearest")
+    return out[:, 0].numpy().round().astype(np.uint8)
+
+
+def superpixel_mask(image: np.ndarray, rank: int = 2, scale: float = 100.0, sigma: float = 0.8,
+                    min_size: int = 20) -> np.ndarray:
+    """A binary mask of an unrelated structure from Felzenszwalb superpixels (scikit-image) of a [0, 1] slice: the
+    ``rank``-th most frequent superpixel (1: the dominant one, as the paper says; 2: the released code's choice, since
+    the dominant one is usually the air around the body)."""
+    from skimage.segmentation import felzenszwalb
+
+    segments = felzenszwalb(np.asarray(image, dtype=np.float64), scale=scale, sigma=sigma, min_size=min_size)
+    ids, counts = np.unique(segments, return_counts=True)
+    order = ids[np.argsort(-counts, kind="stable")]
+    chosen = order[min(rank, len(order)) - 1]
+    return (segments == chosen).astype(np.uint8)
+
+
+def unrelated_masks(volume: RawVolume, image: np.ndarray, source: Literal["auto", "organs", "superpixel"],
+                    superpixel_rank: int = 2) -> np.ndarray:
+    """Per-slice masks for the negatives (D, H, W) uint8 on the preprocessed grid ``image`` (D, h, w): the organ labels
+    (``organs`` or ``auto`` with organs), else superpixels (``superpixel`` or ``auto`` without organs); computed for
+    the foreground-free slices only (zeros elsewhere)."""
+    size = image.shape[1]
+    if source == "organs" and volume.organs is None:
+        raise ValueError(f"{volume.name}: unrelated masks from organs, but the scan has no organ labels")
+    empty = ~(volume.labels > 0).reshape(len(volume.labels), -1).any(1)
+    if source != "superpixel" and volume.organs is not None:
+        organs = resize_slices((volume.organs > 0).astype(np.uint8), size, "mask")
+        return np.where(empty[:, None, None], organs, 0).astype(np.uint8)
+    out = np.zeros(image.shape, np.uint8)
+    for z in np.flatnonzero(empty):
+        out[z] = superpixel_mask(image[z], rank=superpixel_rank)
+    return out
+
+
+def preprocess_volume(volume: RawVolume, image_size: int, hu_window: Sequence[float], initial_label,
+                      unrelated_source: Literal["auto", "organs", "superpixel"] = "auto",
+                      superpixel_rank: int = 2) -> EpisodeVolume:
+    """Initial label on the native grid (``initial_label(hu) -> (mask (D, H, W) bool, start slice)``), then the HU
+    window and the resize of every slice to ``image_size``."""
+    if volume.hu.ndim != 3 or volume.hu.shape != volume.labels.shape:
+        raise ValueError(f"{volume.name}: image {volume.hu.shape} and labels {volume.labels.shape} must be one (D, H, W)"
+                         " grid")
+    prior, start = initial_label(volume.hu)
+    image = resize_slices(window_hu(volume.hu, hu_window), image_size, "image")
+    mask = resize_slices((volume.labels > 0).astype(np.uint8), image_size, "mask")
+    prior = resize_slices(np.asarray(prior, np.uint8), image_size, "mask")
+    unrelated = unrelated_masks(volume, image, unrelated_source, superpixel_rank)
+    return EpisodeVolume(volume.name, image, mask, prior, unrelated, int(start))
+
+
+def _seeded_rng() -> np.random.Generator:
+    """A numpy generator drawn from torch's (so ``seed_everything`` and loader worker seeding make episodes
+    reproducible)."""
+    return np.random.default_rng(int(torch.randint(0, 2 ** 31 - 1, (1,)).item()))
+
+
+class EpisodeDataset(Dataset):
+    """``episodes_per_epoch`` random episodes over ``volumes`` (see the module docstring).
+
+    Args:
+        neighbour: the query lies at most this many slices from the support (``support_mode: neighbour``).
+        n_unrelated: negatives per episode (drawn with replacement when a scan has fewer empty slices; from the other
+            scans when it has none).
+        support_mode: ``neighbour`` (sequential episodes) or ``random`` (any other foreground slice of the scan).
+        gamma_range: random gamma of all the episode's images (one draw per episode), ``None``: no augmentation.
+    """
+
+    def __init__(self, volumes: Sequence[EpisodeVolume], episodes_per_epoch: int = 1000, neighbour: int = 1,
+                 n_unrelated: int = 3, support_mode: Literal["neighbour", "random"] = "neighbour",
+                 gamma_range: Optional[Sequence[float]] = None) -> None:
+        if neighbour < 1 or n_unrelated < 0 or episodes_per_epoch < 1:
+            raise ValueError("neighbour and episodes_per_epoch must be >= 1 and n_unrelated >= 0")
+        if support_mode not in ("neighbour", "random"):
+            raise ValueError(f"support_mode must be 'neighbour' or 'random', got {support_mode!r}")
+        self.volumes = list(volumes)
+        self.episodes_per_epoch, self.neighbour, self.n_unrelated = episodes_per_epoch, neighbour, n_unrelated
+        self.support_mode = support_mode
+        self.gamma_range = None if gamma_range is None else tuple(float(g) for g in gamma_range)
+        # (volume, support slice) pairs that have at least one admissible query
+        self.pairs: list[tuple[int, int, np.ndarray]] = []
+        for v, volume in enumerate(self.volumes):
+            foreground = volume.foreground_slices
+            for z in foreground:
+                if support_mode == "neighbour":
+                    queries = foreground[(np.abs(foreground - z) <= neighbour) & (foreground != z)]
+                else:
+                    queries = foreground[foreground != z]
+                if queries.size:
+                    self.pairs.append((v, int(z), queries))
+        if not self.pairs:
+            raise ValueError("no scan has two foreground slices close enough for an episode")
+
+    def __len__(self) -> int:
+        return self.episodes_per_epoch
+
+    def _negatives(self, v: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+        empty = self.volumes[v].empty_slices
+        if empty.size:
+            return [(v, int(z)) for z in rng.choice(empty, self.n_unrelated, replace=empty.size < self.n_unrelated)]
+        pool = [(u, int(z)) for u, volume in enumerate(self.volumes) for z in volume.empty_slices]
+        if not pool:
+            raise ValueError("no scan has a foreground-free slice for the negatives: set n_unrelated 0")
+        return [pool[i] for i in rng.choice(len(pool), self.n_unrelated, replace=len(pool) < self.n_unrelated)]
+
+    def __getitem__(self, index: int) -> dict:
+        rng = _seeded_rng()
+        v, support, queries = self.pairs[int(rng.integers(len(self.pairs)))]
+        query = int(rng.choice(queries))
+        volume = self.volumes[v]
+        gamma = 1.0 if self.gamma_range is None else float(np.exp(rng.uniform(*np.log(self.gamma_range))))
+
+        def image(vol: EpisodeVolume, z: int) -> torch.Tensor:
+            return torch.from_numpy(np.clip(vol.image[z], 0, 1) ** gamma)[None].float()
+
+        def mask(array: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.asarray(array, np.float32))[None]
+
+        negatives = self._negatives(v, rng) if self.n_unrelated else []
+        size = volume.image.shape[1:]
+        return {
+            keys.SUPPORT_IMAGE: image(volume, support), keys.SUPPORT_MASK: mask(volume.mask[support]),
+            keys.IMAGE: image(volume, query), keys.MASK: mask(volume.mask[query]), keys.PRIOR: mask(volume.prior[query]),
+            keys.NEGATIVE_IMAGE: (torch.stack([image(self.volumes[u], z) for u, z in negatives]) if negatives
+                                  else torch.zeros(0, 1, *size)),
+            keys.NEGATIVE_MASK: (torch.stack([mask(self.volumes[u].unrelated[z]) for u, z in negatives]) if negatives
+                                 else torch.zeros(0, 1, *size)),
+            keys.NAME: f"{volume.name}_s{support:03d}_q{query:03d}",
+        }
+
+
+class EpisodeVolumeDataset(Dataset):
+    """Whole scans for slice-to-slice inference: ``image``, ``mask``, ``prior`` (1, H, W, D), ``start_slice``, ``name``."""
+
+    def __init__(self, volumes: Sequence[EpisodeVolume]) -> None:
+        self.volumes = list(volumes)
+
+    def __len__(self) -> int:
+        return len(self.volumes)
+
+    def __getitem__(self, index: int) -> dict:
+        volume = self.volumes[index]
+        to_hwd = lambda a, dtype: torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, 0, -1), dtype=dtype))[None]  # noqa: E731
+        return {keys.IMAGE: to_hwd(volume.image, np.float32), keys.MASK: to_hwd(volume.mask, np.float32),
+                keys.PRIOR: to_hwd(volume.prior, np.float32), keys.START_SLICE: int(volume.start_slice),
+                keys.NAME: volume.name}
+
+
+class SliceDataset(Dataset):
+    """The 2D slices of the scans (``image`` (1, H, W), ``mask`` (1, H, W) float 0/1, ``name``), for slice-wise
+    baselines; ``foreground_only`` keeps the slices with foreground."""
+
+    def __init__(self, volumes: Sequence[EpisodeVolume], foreground_only: bool = False) -> None:
+        self.volumes = list(volumes)
+        self.index = [(v, int(z)) for v, volume in enumerate(self.volumes)
+                      for z in (volume.foreground_slices if foreground_only else range(len(volume.image)))]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, index: int) -> dict:
+        v, z = self.index[index]
+        volume = self.volumes[v]
+        return {keys.IMAGE: torch.from_numpy(volume.image[z].astype(np.float32))[None],
+                keys.MASK: torch.from_numpy(volume.mask[z].astype(np.float32))[None], keys.NAME: f"{volume.name}_{z:03d}"}
+
+
+class EpisodicVolumeDataModule(BaseDataModule):
+    """Scans -> episodes for training, whole scans for validation and test (``mode: episodes``), or 2D slices
+    throughout (``mode: slices``, for slice-wise baselines on the same data).
+
+    Subclasses implement ``raw_volumes(split) -> list[RawVolume]`` for ``split`` in train/val/test (and may set
+    ``cache_root`` to cache the preprocessed scans) and ``initial_label_fn()`` (default: the MRF of Guided-SET-DCL).
+
+    Args:
+        image_size: slices are resized to ``image_size`` squared.
+        hu_window: the HU range mapped to [0, 1].
+        mode: ``episodes`` or ``slices``.
+        episodes_per_epoch, neighbour, n_unrelated, support_mode, gamma_range: see ``EpisodeDataset``.
+        unrelated_source: the negatives' masks: ``organs``, ``superpixel`` or ``auto`` (organs when a scan has them).
+        superpixel_rank: which superpixel (by size) is the unrelated structure (1 = dominant, 2 = the code's).
+        mrf_erosion, mrf_dilation: the MRF's per-slice erosion and dilation iterations (at the native resolution).
+        batch_size, num_workers, pin_memory: loaders (evaluation: one scan per batch in ``episodes`` mode).
+    """
+
+    standin_config: Optional[str] = None
+
+    def __init__(self, image_size: int = 256, hu_window: Sequence[float] = (-1000.0, 1000.0),
+                 mode: Literal["episodes", "slices"] = "episodes", episodes_per_epoch: int = 1000, neighbour: int = 1,
+                 n_unrelated: int = 3, support_mode: Literal["neighbour", "random"] = "neighbour",
+                 gamma_range: Optional[Sequence[float]] = None,
+                 unrelated_source: Literal["auto", "organs", "superpixel"] = "auto", superpixel_rank: int = 2,
+                 mrf_erosion: int = 4, mrf_dilation: int = 3, batch_size: int = 1, num_workers: int = 0,
+                 pin_memory: Optional[bool] = None) -> None:
+        if mode not in ("episodes", "slices"):
+            raise ValueError(f"mode must be 'episodes' or 'slices', got {mode!r}")
+        super().__init__(batch_size, num_workers, pin_memory, eval_batch_size=1 if mode == "episodes" else batch_size)
+        self.image_size, self.hu_window, self.mode = int(image_size), tuple(float(h) for h in hu_window), mode
+        self.episodes_per_epoch, self.neighbour, self.n_unrelated = episodes_per_epoch, neighbour, n_unrelated
+        self.support_mode, self.gamma_range = support_mode, gamma_range
+        self.unrelated_source, self.superpixel_rank = unrelated_source, superpixel_rank
+        self.mrf_erosion, self.mrf_dilation = mrf_erosion, mrf_dilation
+        self.cache_root: Optional[Path] = None
+        self.volumes: dict[str, list[EpisodeVolume]] = {}
+
+    # -- subclass hooks ----------------------------------------------------------------------------
+    def raw_volumes(self, split: str) -> list[RawVolume]:
+        raise NotImplementedError
+
+    def initial_label_fn(self):
+        """``hu (D, H, W) -> (initial mask (D, H, W), start slice)``: the MRF pipeline (lightning_modules.setdcl_mrf)."""
+        from lightning_modules.setdcl_mrf import mrf_initial_label
+
+        def initial_label(hu: np.ndarray):
+            result = mrf_initial_label(hu, erosion_iterations=self.mrf_erosion, dilation_iterations=self.mrf_dilation)
+            return result.mask, result.start_slice
+
+        return initial_label
+
+    def cache_settings(self) -> dict:
+        return {"image_size": self.image_size, "hu_window": list(self.hu_window), "mrf_erosion": self.mrf_erosion,
+                "mrf_dilation": self.mrf_dilation, "unrelated_source": self.unrelated_source,
+                "superpixel_rank": self.superpixel_rank, "version": 1}
+
+    # -- preprocessing with an optional .npz cache -------------------------------------------------
+    def _cache_path(self, name: str) -> Optional[Path]:
+        if self.cache_root is None:
+            return None
+        digest = hashlib.sha1(json.dumps(self.cache_settings(), sort_keys=True).encode()).hexdigest()[:10]
+        return self.cache_root / digest / f"{name}.npz"
+
+    def preprocess(self, raw: RawVolume) -> EpisodeVolume:
+        path = self._cache_path(raw.name)
+        if path is not None and path.is_file():
+            with np.load(path) as data:
+                return EpisodeVolume(raw.name, data["image"], data["mask"], data["prior"], data["unrelated"],
+                                     int(data["start_slice"]))
+        volume = preprocess_volume(raw, self.image_size, self.hu_window, self.initial_label_fn(),
+                                   self.unrelated_source, self.superpixel_rank)
+        if path is not None and writable_dir(path.parent):
+            tmp = path.parent / f".{raw.name}.{uuid.uuid4().hex}.tmp.npz"
+            np.savez(tmp, image=volume.image, mask=volume.mask, prior=volume.prior, unrelated=volume.unrelated,
+                     start_slice=np.int64(volume.start_slice))
+            os.replace(tmp, path)
+        return volume
+
+    def load_split(self, split: str) -> list[EpisodeVolume]:
+        if split not in self.volumes:
+            self.volumes[split] = [self.preprocess(raw) for raw in self.raw_volumes(split)]
+        return self.volumes[split]
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        for split in splits.get(stage, ("train", "val", "test")):
+            volumes = self.load_split(split)
+            if self.mode == "slices":
+                dataset = SliceDataset(volumes)
+            elif split == "train":
+                dataset = EpisodeDataset(volumes, self.episodes_per_epoch, self.neighbour, self.n_unrelated,
+                                         self.support_mode, self.gamma_range)
+            else:
+                dataset = EpisodeVolumeDataset(volumes)
+            setattr(self, f"{split}_set", dataset)
