@@ -607,3 +607,83 @@ class MEGC2019CompositeDataModule(MicroExpressionDataModule):
         frames = read_frames(clip.frames)
         return prepare_clip(frames, clip.apex, self.num_frames, self.image_size, self.magnify_alpha, self.flow,
                             clip.extra.get("face_crop", False))
+
+
+# ------------------------------------------------------------------------------------------------ DFEW (pre-training)
+DFEW_CLASSES = ("happy", "sad", "neutral", "angry", "surprise", "disgust", "fear")  # DFEW's labels 1-7
+DFEW_LAYOUT = """<data_dir>/
+  Clip/clip_224x224/00001/00001_00001.jpg ...          (one folder of face frames per clip, 5-digit clip id)
+  EmoLabel_DataSplit/train(single-labeled)/set_1.csv   (video_name,label: label 1-7 = happy, sad, neutral, angry,
+  EmoLabel_DataSplit/test(single-labeled)/set_1.csv     surprise, disgust, fear; set_1 .. set_5 = the 5 folds)"""
+
+
+class LazyClips:
+    """The preprocessed clips of a large set, read from the cache one at a time (DFEW: ~21 GB at 112 px)."""
+
+    def __init__(self, datamodule: MicroExpressionDataModule, clips: list[MEClip]):
+        self.datamodule, self.clips = datamodule, clips
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self.datamodule.load_clip(self.clips[index])
+
+
+class DFEWDataModule(MicroExpressionDataModule):
+    """DFEW (the paper's pre-training set; 16,372 clips, 7 classes) in the DST input format: ``num_frames`` frames
+    sampled uniformly over each clip, magnified and with long-term flow w.r.t. the first sampled frame (the paper
+    does not say how it built the two streams on DFEW: the card's choice). Splits: the official 5-fold
+    ``set_<fold>`` train/test CSVs (``fold`` 1-5); ``val`` is the fold's test set (curves only, as for LOSO)."""
+
+    classes = DFEW_CLASSES
+    layout = DFEW_LAYOUT
+
+    def __init__(self, data_dir: PathLike = "data/DFEW", fold: int = 1, **kwargs):
+        super().__init__(data_dir, fold=fold, **kwargs)
+        if not 1 <= fold <= 5:
+            raise ValueError(f"DFEW fold must be 1-5 (set_1 .. set_5), got {fold}")
+        self._splits: dict[str, list[MEClip]] = {}
+
+    def _split_csv(self, split: str) -> Path:
+        return self.data_dir / "EmoLabel_DataSplit" / f"{split}(single-labeled)" / f"set_{self.fold}.csv"
+
+    def _read_split(self, split: str) -> list[MEClip]:
+        import csv
+
+        path = self._split_csv(split)
+        if not path.is_file():
+            raise DatasetError(f"DFEW split file for fold {self.fold} not found", path=path, layout=DFEW_LAYOUT,
+                               standin_config=STANDIN)
+        clips = []
+        with open(path, newline="", encoding="utf-8-sig") as file:
+            for row in csv.DictReader(file):
+                name = f"{int(row['video_name']):05d}"
+                folder = self.data_dir / "Clip" / "clip_224x224" / name
+                frames = sorted_frames(folder)
+                if not frames:
+                    raise DatasetError(f"DFEW clip {name} has no frames", path=folder, layout=DFEW_LAYOUT,
+                                       standin_config=STANDIN)
+                index = np.linspace(0, len(frames) - 1, self.num_frames).round().astype(int)
+                sampled = [frames[i] for i in index]
+                clips.append(MEClip(split, name, sampled, self.num_frames // 2, DFEW_CLASSES[int(row["label"]) - 1],
+                                    int(row["label"]) - 1))
+        return clips
+
+    def list_clips(self) -> list[MEClip]:
+        if not self._splits:
+            self._splits = {split: self._read_split(split) for split in ("train", "test")}
+        return self._splits["train"] + self._splits["test"]
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        self.list_clips()
+
+        def subset(clips: list[MEClip], augment: bool) -> MicroExpressionClips:
+            return MicroExpressionClips(LazyClips(self, clips), [c.label for c in clips],
+                                        [0] * len(clips), [c.name for c in clips], augment=augment and self.augment,
+                                        rotation=self.rotation, translate=self.translate)
+
+        self.train_set = subset(self._splits["train"], True)
+        self.test_set = subset(self._splits["test"], False)
+        self.val_set = self.test_set
+        self.class_counts = np.bincount([c.label for c in self._splits["train"]], minlength=self.num_classes).tolist()

@@ -236,3 +236,24 @@ def test_face_box_finds_the_face():
     x, y, w, h = detect_face_box(image[0])
     assert abs(x + w / 2 - 0.4 * 256) < 15 and abs(y + h / 2 - 0.45 * 256) < 20 and 70 < w < 180
     assert detect_face_box(np.full((40, 60, 3), 90, np.uint8)) == (10, 0, 40, 40)  # none: the central square
+
+
+def test_dfew_layout_and_folds(tmp_path):
+    from datamodules.micro_expression import DFEWDataModule
+
+    root = tmp_path / "DFEW"
+    for clip, count in (("00001", 30), ("00002", 12), ("00003", 40)):
+        write_frames(root / "Clip" / "clip_224x224" / clip, range(1, count + 1), clip + "_{:05d}.jpg", size=32)
+    for split, rows in (("train", ["1,1", "2,7"]), ("test", ["3,5"])):
+        folder = root / "EmoLabel_DataSplit" / f"{split}(single-labeled)"
+        folder.mkdir(parents=True)
+        (folder / "set_2.csv").write_text("video_name,label\n" + "\n".join(rows) + "\n")
+    dm = DFEWDataModule(root, fold=2, num_frames=5, image_size=16, batch_size=2)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert [c.emotion for c in dm.list_clips()] == ["happy", "fear", "surprise"]
+    assert [p.name for p in dm.list_clips()[0].frames] == [f"00001_{i:05d}.jpg" for i in (1, 8, 15, 23, 30)]
+    assert len(dm.train_set) == 2 and dm.test_set.names == ["00003"] and dm.test_set[0]["label"] == 4
+    assert next(iter(dm.train_dataloader()))["video"].shape == (2, 5, 6, 16, 16)
+    with pytest.raises(DatasetError, match="set_1.csv"):
+        DFEWDataModule(root, fold=1).setup("fit")
