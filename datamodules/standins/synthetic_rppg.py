@@ -5,9 +5,11 @@ Per video (one subject): a heart rate drifting smoothly within ``hr_range`` (50-
 (fundamental + a phase-shifted second harmonic, a dicrotic-notch-like shape) added to the skin's green channel
 (``pulse_amplitude`` grey levels; red 0.5x, blue 0.3x, as the renderer does); illumination varies with a 0.25 Hz
 respiration term and a slow drift; the head sways a little; sensor noise ``noise`` grey levels. "Expression events"
-(smiles and mouth openings of ~1-2 s) move the lips and jaw and add a large green transient to the skin around the
-mouth, and drive the matching AU channels (AU06, AU12 for smiles; AU25, AU26 for mouth openings), so the AUs
-explain that noise, as in the paper. Landmarks come from the generator (iBUG 68 order), the reference PPG is the
+(``events_per_minute``: smiles, and talking spells whose mouth opens and closes at 0.9-2.5 Hz, inside the HR band)
+move the lips and jaw, add a large green transient to the skin around the mouth (``transient_amplitude``), and drive
+the matching AU channels (AU06, AU12 for smiles; AU25, AU26 for the mouth), so the AUs explain that noise, as in the
+paper. Optional light-flicker bursts (``flicker_per_minute``, at 0.8-3.5 Hz) hit every skin block alike and no AU:
+clips whose HR no per-clip method can get right, the case MR-TCN is meant to rectify. Landmarks come from the generator (iBUG 68 order), the reference PPG is the
 pulse itself.
 
 The records go through the same clip pipeline as UBFC-rPPG (ROI hull, blocks, filters, top-20 selection); at the
@@ -60,7 +62,8 @@ def expression_events(frames: int, fps: float, rng: np.random.Generator, per_min
 
 def synthetic_rppg_video(seed: int, seconds: float = 20.0, fps: float = 20.0, size: int = 128,
                          hr_range: Sequence[float] = (50, 150), pulse_amplitude: float = 0.6, noise: float = 1.5,
-                         transient_amplitude: float = 6.0, events_per_minute: float = 40.0) -> dict:
+                         transient_amplitude: float = 6.0, events_per_minute: float = 40.0,
+                         flicker_per_minute: float = 0.0, flicker_amplitude: float = 0.01) -> dict:
     """One synthetic video: ``frames`` (T, size, size, 3) uint8 RGB, ``landmarks`` (T, 68, 2) px, ``aus`` (T, 18),
     ``pulse`` (T,) the reference, ``hr`` (T,) bpm."""
     rng = np.random.default_rng(seed)
@@ -72,6 +75,9 @@ def synthetic_rppg_video(seed: int, seconds: float = 20.0, fps: float = 20.0, si
     mouth_events = expression_events(frames, fps, rng, events_per_minute / 2, rhythm_hz=(0.9, 2.5))
     light = rng.uniform(0.85, 1.1) * (1 + 0.004 * np.sin(2 * np.pi * 0.25 * t + rng.uniform(0, 2 * np.pi))
                                       + 0.02 * smooth(rng.normal(0, 1, frames), 3 * fps))
+    # light flicker bursts at an in-band rate: on every skin block alike and in no AU, so the clip's HR goes wrong
+    light = light * (1 + flicker_amplitude * expression_events(frames, fps, rng, flicker_per_minute,
+                                                               rhythm_hz=(0.8, 3.5)))
     sway = smooth(rng.normal(0, 0.03, (frames, 3)), fps)
     params = FaceParams.neutral(
         frames, smile=0.8 * smile_events, mouth_open=0.5 * mouth_events, yaw=sway[:, 0], pitch=sway[:, 1],
@@ -112,7 +118,8 @@ class SyntheticRPPGDataModule(RPPGDataModule):
     def __init__(self, num_train: int = 8, num_val: int = 2, num_test: int = 4, seconds: float = 20.0,
                  fps: float = 20.0, size: int = 128, hr_range: Sequence[float] = (50, 150),
                  pulse_amplitude: float = 0.6, noise: float = 1.5, transient_amplitude: float = 6.0,
-                 events_per_minute: float = 40.0, clip_seconds: float = 4.0, step_seconds: float = 2.0,
+                 events_per_minute: float = 40.0, flicker_per_minute: float = 0.0, flicker_amplitude: float = 0.01,
+                 clip_seconds: float = 4.0, step_seconds: float = 2.0,
                  num_traces: int = 20, block_size: int = 4, erosion: int = 3, band: Sequence[float] = (0.7, 4.0),
                  filter_order: int = 4, detrend_lambda: float = 100.0, roi_selection: str = "top",
                  use_aus: bool = True, augment_factors: Sequence[float] = (), seed: int = 0, batch_size: int = 4,
@@ -126,7 +133,8 @@ class SyntheticRPPGDataModule(RPPGDataModule):
         self.counts = {"train": num_train, "val": num_val, "test": num_test}
         self.generator = dict(seconds=seconds, fps=fps, size=size, hr_range=tuple(hr_range),
                               pulse_amplitude=pulse_amplitude, noise=noise, transient_amplitude=transient_amplitude,
-                              events_per_minute=events_per_minute)
+                              events_per_minute=events_per_minute, flicker_per_minute=flicker_per_minute,
+                              flicker_amplitude=flicker_amplitude)
         self._records: dict[str, VideoRecord] = {}
 
     def list_videos(self) -> list[VideoEntry]:
