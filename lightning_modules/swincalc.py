@@ -108,7 +108,9 @@ class ShiftedWindowAttention(nn.Module):
         wh, ww = self.window_size
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * wh - 1) * (2 * ww - 1), num_heads))
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
-        coords = torch.stack(torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")).flatten(1)
+        # Built on the CPU also under a meta/cuda default device (the index is data; .to() moves it).
+        coords = torch.stack(torch.meshgrid(torch.arange(wh, device="cpu"), torch.arange(ww, device="cpu"),
+                                            indexing="ij")).flatten(1)
         relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0).contiguous()
         relative[:, :, 0] += wh - 1
         relative[:, :, 1] += ww - 1

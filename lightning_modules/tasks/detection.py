@@ -48,6 +48,9 @@ class DetectionTask(BaseTask):
         baselines: ``{name: detector}`` of untrained detectors (eval-mode protocol) scored at test next to
             the network.
         max_figure_images: images drawn in the validation figure (0: none).
+        warmup_steps, warmup_ratio: linear learning-rate warm-up over the first optimiser steps from
+            ``warmup_ratio`` x lr to lr (MMDetection's, under any epoch-wise ``lr_scheduler``, e.g. MultiStepLR;
+            the warm-up should end before its first milestone).
         input_key, boxes_key, labels_key, name_key: batch keys.
     """
 
@@ -56,7 +59,8 @@ class DetectionTask(BaseTask):
     def __init__(self, network: nn.Module, iou_threshold: float = 0.1, fppi: Sequence[float] = (0.1, 1.0),
                  aufc_limits: Sequence[float] = (0.1, 1.0), class_aware: bool = False,
                  monitor_metric: Optional[str] = None, baselines: Optional[dict[str, nn.Module]] = None,
-                 max_figure_images: int = 4, optimizer: OptimizerCallable = torch.optim.AdamW,
+                 max_figure_images: int = 4, warmup_steps: int = 0, warmup_ratio: float = 0.001,
+                 optimizer: OptimizerCallable = torch.optim.AdamW,
                  lr_scheduler: Optional[LRSchedulerCallable] = None,
                  scheduler_interval: Literal["epoch", "step"] = "epoch", figure_every_n_epochs: int = 1,
                  input_key: str = keys.IMAGE, boxes_key: str = keys.BOXES, labels_key: str = keys.BOX_LABELS,
@@ -67,6 +71,10 @@ class DetectionTask(BaseTask):
         self.network = network
         self.input_key, self.boxes_key, self.labels_key, self.name_key = input_key, boxes_key, labels_key, name_key
         self.max_figure_images = max_figure_images
+        if warmup_steps < 0 or not 0.0 < warmup_ratio <= 1.0:
+            raise ValueError(f"warmup_steps must be >= 0 and warmup_ratio in (0, 1], got {warmup_steps}, {warmup_ratio}")
+        self.warmup_steps, self.warmup_ratio = warmup_steps, warmup_ratio
+        self._warmup_base: Optional[list[float]] = None
         metric_args = dict(iou_threshold=iou_threshold, fppi=tuple(fppi), aufc_limits=tuple(aufc_limits),
                            class_aware=class_aware)
         self.metric_args = metric_args
@@ -98,6 +106,21 @@ class DetectionTask(BaseTask):
 
     def _prefix(self, index: int) -> str:
         return "test" if index == 0 else f"test/{self._test_names[index]}"
+
+    def warmup_factor(self, step: int) -> float:
+        """The warm-up's lr multiplier at optimiser step ``step`` (1 once it is over)."""
+        if step >= self.warmup_steps:
+            return 1.0
+        return self.warmup_ratio + (1.0 - self.warmup_ratio) * step / self.warmup_steps
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+        if self.warmup_steps > 0 and self.global_step <= self.warmup_steps:
+            if self._warmup_base is None:  # the lrs the schedule gives, taken before the first warm-up step
+                self._warmup_base = [group["lr"] for group in optimizer.param_groups]
+            factor = self.warmup_factor(self.global_step)
+            for group, base in zip(optimizer.param_groups, self._warmup_base):
+                group["lr"] = base * factor
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
 
     # -- steps --------------------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
