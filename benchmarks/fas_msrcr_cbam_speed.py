@@ -4,7 +4,7 @@ training step (G + C update on lambda_GAN BCE + lambda_L1 L1 + BCE, then the D u
 throughput (frames/s at the batch size: depth map + live probability), single-frame latency, parameters and peak
 memory (CPU: process max RSS; CUDA: max allocated).
 
-    python benchmarks/fas_msrcr_cbam_speed.py                                     # the demo (tiny CNN, 64 px) and the paper's network at 128 px
+    python benchmarks/fas_msrcr_cbam_speed.py           # the demo (tiny CNN, 64 px) and the paper's network at 128 px
     python benchmarks/fas_msrcr_cbam_speed.py --paper-size 256 --batch-size 16 --device cuda --precision bf16-mixed
 
 Random inputs (data loading is not timed: the datamodules read cached crops). Prints a markdown table.
@@ -43,7 +43,8 @@ def build(variant: str) -> FaceAntiSpoofingGANTask:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--paper-size", type=int, default=128, help="input side of the paper's network (256 in the paper)")
+    parser.add_argument("--paper-size", type=int, default=128,
+                        help="input side of the paper's network (256 in the paper)")
     parser.add_argument("--demo-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=3)

@@ -18,7 +18,8 @@ import numpy as np
 from datamodules.face_antispoofing import FaceAntiSpoofingDataModule, Split, VideoItem
 
 LAYOUT = """<data_dir>/
-  Train_files/<Phone>_<Session>_<User>_<File>.avi   (File 1 live, 2-3 print, 4-5 replay; optional <name>.txt eye positions)
+  Train_files/<Phone>_<Session>_<User>_<File>.avi   (File 1 live, 2-3 print, 4-5 replay)
+  Train_files/<Phone>_<Session>_<User>_<File>.txt   (optional: eye positions per frame)
   Dev_files/...   Test_files/...
   Protocols/Protocol_1/{Train,Dev,Test}.txt         lines like "+1,1_1_01_1"
   Protocols/Protocol_2/{Train,Dev,Test}.txt

@@ -194,6 +194,7 @@ class SyntheticAntiSpoofingDataModule(BaseDataModule):
             index = np.flatnonzero(np.isin(data["subjects"], members))
             sets[name] = FrameDataset(_ArrayFrames(data["frames"][index], data["depth"][index]),
                                       data["labels"][index].tolist(), data["videos"][index].tolist(),
-                                      [f"subject{data['subjects'][i]}_video{data['videos'][i]}_frame{i}" for i in index],
+                                      [f"subject{data['subjects'][i]}_video{data['videos'][i]}_frame{i}"
+                                       for i in index],
                                       hflip=self.hflip and name == "train", channels=6 if self.use_msrcr else 3)
         self.train_set, self.val_set, self.test_set = sets["train"], sets["val"], sets["test"]
