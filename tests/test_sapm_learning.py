@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "experiments" / "sapm_demo.yaml"
 SMALL = ["--data.init_args.num_train", "48", "--data.init_args.num_val", "8", "--data.init_args.num_test", "8",
          "--data.init_args.source_size", "64", "--data.init_args.image_size", "64",
-         "--model.init_args.network.init_args.decoder_channels", "32", "--model.init_args.network.init_args.width", "0.25",
+         "--model.init_args.network.init_args.decoder_channels", "32",
+         "--model.init_args.network.init_args.width", "0.25",
          "--model.init_args.optimizer.init_args.lr", "0.002", "--model.init_args.figure_every_n_epochs", "0",
          "--trainer.max_epochs", "8", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
          "--trainer.log_every_n_steps", "1"]
