@@ -84,8 +84,9 @@ class OuluNPUDataModule(FaceAntiSpoofingDataModule):
 
     def face_box(self, item: VideoItem, frame_index: int, frame: np.ndarray):
         eyes = self._eyes(item)
-        if eyes is not None and frame_index in eyes:
-            xl, yl, xr, yr = eyes[frame_index]
+        row = None if eyes is None else eyes.get(frame_index, eyes.get(frame_index + 1))  # 0- or 1-based files
+        if row is not None:
+            xl, yl, xr, yr = row
             distance = float(np.hypot(xr - xl, yr - yl))
             if distance > 1:
                 side = 2.0 * distance
