@@ -250,8 +250,11 @@ class HRTrackTask(BaseTask):
             return
         self._stage = stage
         self.freeze_for_stage(stage)
+        s1, s2, _ = self.stage_epochs
+        first_epoch = {1: 0, 2: s1, 3: s1 + s2}[stage]
         for optimizer in self.trainer.optimizers:
-            optimizer.state.clear()  # a fresh Adam per stage, as three separate trainings would have
+            if self.current_epoch == first_epoch:  # not when a run resumes mid-stage
+                optimizer.state.clear()  # a fresh Adam per stage, as three separate trainings would have
             for group, lr in zip(optimizer.param_groups, self._base_lrs or [g["lr"] for g in optimizer.param_groups]):
                 group["lr"] = self.stage3_lr if stage == 3 else lr
 
