@@ -1,7 +1,8 @@
 """CT colon segmentation datasets for Guided-SET-DCL: colon masks on abdominal CT, read with nibabel (NIfTI) or pydicom
 (DICOM series), served as sequential episodes or whole scans (``datamodules/episodic.py``).
 
-The paper's CTC data (98 CT colonography scans, 49 patients prone + supine) are private; three public or generic layouts:
+The paper's CTC data (98 CT colonography scans, 49 patients prone + supine) are private; three public or generic
+layouts:
 
 ``layout: totalsegmentator`` (TotalSegmentator dataset, Wasserthal et al. 2023; its ``meta.csv`` split is used when
 present, ``image_id;...;split`` with train/val/test, else a seeded split)::
@@ -11,7 +12,8 @@ present, ``image_id;...;split`` with train/val/test, else a seeded split)::
     <data_dir>/s0000/segmentations/colon.nii.gz
     <data_dir>/s0000/segmentations/liver.nii.gz  (optional: organs for the negatives' masks, see ``organ_names``)
 
-``layout: pairs`` (any image / colon-mask NIfTI pairs, e.g. a CTC cohort exported as NIfTI; the case's stem names both)::
+``layout: pairs`` (any image / colon-mask NIfTI pairs, e.g. a CTC cohort exported as NIfTI; the case's stem names
+both)::
 
     <data_dir>/images/<case>.nii.gz
     <data_dir>/labels/<case>.nii.gz              (colon > 0; a multi-label map with ``colon_label``)
@@ -83,7 +85,8 @@ class ColonCTDataModule(EpisodicVolumeDataModule):
     def __init__(self, data_dir: str, layout: Literal["totalsegmentator", "pairs", "dicom"] = "totalsegmentator",
                  colon_label: Optional[int] = None, organ_names: Sequence[str] = (), split_file: Optional[str] = None,
                  val_fraction: float = 0.1, test_fraction: float = 0.3, split_seed: int = 42,
-                 patient_pattern: Optional[str] = None, max_cases: Optional[int] = None, cache_dir: Optional[str] = None,
+                 patient_pattern: Optional[str] = None, max_cases: Optional[int] = None,
+                 cache_dir: Optional[str] = None,
                  image_size: int = 256, hu_window: Sequence[float] = (-1000.0, 1000.0),
                  mode: Literal["episodes", "slices"] = "episodes", episodes_per_epoch: int = 1000, neighbour: int = 1,
                  n_unrelated: int = 3, support_mode: Literal["neighbour", "random"] = "neighbour",
@@ -188,7 +191,8 @@ class ColonCTDataModule(EpisodicVolumeDataModule):
             image = nib.as_closest_canonical(nib.load(str(path)))
             array = np.asarray(image.dataobj)
         except Exception as exc:  # nibabel, gzip and zlib raise many types for corrupt files
-            raise self.error("corrupt or unreadable volume", path, hint=f"nibabel: {type(exc).__name__}: {exc}") from exc
+            raise self.error("corrupt or unreadable volume", path,
+                             hint=f"nibabel: {type(exc).__name__}: {exc}") from exc
         if array.ndim == 4 and array.shape[-1] == 1:
             array = array[..., 0]
         if array.ndim != 3:

@@ -127,8 +127,8 @@ def preprocess_volume(volume: RawVolume, image_size: int, hu_window: Sequence[fl
     """Initial label on the native grid (``initial_label(hu) -> (mask (D, H, W) bool, start slice)``), then the HU
     window and the resize of every slice to ``image_size``."""
     if volume.hu.ndim != 3 or volume.hu.shape != volume.labels.shape:
-        raise ValueError(f"{volume.name}: image {volume.hu.shape} and labels {volume.labels.shape} must be one (D, H, W)"
-                         " grid")
+        raise ValueError(f"{volume.name}: image {volume.hu.shape} and labels {volume.labels.shape} must be one "
+                         "(D, H, W) grid")
     prior, start = initial_label(volume.hu)
     image = resize_slices(window_hu(volume.hu, hu_window), image_size, "image")
     mask = resize_slices((volume.labels > 0).astype(np.uint8), image_size, "mask")
@@ -208,7 +208,8 @@ class EpisodeDataset(Dataset):
         size = volume.image.shape[1:]
         return {
             keys.SUPPORT_IMAGE: image(volume, support), keys.SUPPORT_MASK: mask(volume.mask[support]),
-            keys.IMAGE: image(volume, query), keys.MASK: mask(volume.mask[query]), keys.PRIOR: mask(volume.prior[query]),
+            keys.IMAGE: image(volume, query), keys.MASK: mask(volume.mask[query]),
+            keys.PRIOR: mask(volume.prior[query]),
             keys.NEGATIVE_IMAGE: (torch.stack([image(self.volumes[u], z) for u, z in negatives]) if negatives
                                   else torch.zeros(0, 1, *size)),
             keys.NEGATIVE_MASK: (torch.stack([mask(self.volumes[u].unrelated[z]) for u, z in negatives]) if negatives
@@ -218,7 +219,8 @@ class EpisodeDataset(Dataset):
 
 
 class EpisodeVolumeDataset(Dataset):
-    """Whole scans for slice-to-slice inference: ``image``, ``mask``, ``prior`` (1, H, W, D), ``start_slice``, ``name``."""
+    """Whole scans for slice-to-slice inference: ``image``, ``mask``, ``prior`` (1, H, W, D), ``start_slice``,
+    ``name``."""
 
     def __init__(self, volumes: Sequence[EpisodeVolume]) -> None:
         self.volumes = list(volumes)
@@ -228,7 +230,10 @@ class EpisodeVolumeDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         volume = self.volumes[index]
-        to_hwd = lambda a, dtype: torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, 0, -1), dtype=dtype))[None]  # noqa: E731
+
+        def to_hwd(array: np.ndarray, dtype) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(np.moveaxis(array, 0, -1), dtype=dtype))[None]
+
         return {keys.IMAGE: to_hwd(volume.image, np.float32), keys.MASK: to_hwd(volume.mask, np.float32),
                 keys.PRIOR: to_hwd(volume.prior, np.float32), keys.START_SLICE: int(volume.start_slice),
                 keys.NAME: volume.name}
@@ -250,7 +255,8 @@ class SliceDataset(Dataset):
         v, z = self.index[index]
         volume = self.volumes[v]
         return {keys.IMAGE: torch.from_numpy(volume.image[z].astype(np.float32))[None],
-                keys.MASK: torch.from_numpy(volume.mask[z].astype(np.float32))[None], keys.NAME: f"{volume.name}_{z:03d}"}
+                keys.MASK: torch.from_numpy(volume.mask[z].astype(np.float32))[None],
+                keys.NAME: f"{volume.name}_{z:03d}"}
 
 
 class EpisodicVolumeDataModule(BaseDataModule):
@@ -296,7 +302,8 @@ class EpisodicVolumeDataModule(BaseDataModule):
         raise NotImplementedError
 
     def initial_label_fn(self):
-        """``hu (D, H, W) -> (initial mask (D, H, W), start slice)``: the MRF pipeline (lightning_modules.setdcl_mrf)."""
+        """``hu (D, H, W) -> (initial mask (D, H, W), start slice)``: the MRF pipeline
+        (lightning_modules.setdcl_mrf)."""
         from lightning_modules.setdcl_mrf import mrf_initial_label
 
         def initial_label(hu: np.ndarray):

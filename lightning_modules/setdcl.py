@@ -48,7 +48,8 @@ def infonce(query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor
 
 
 def conv_bn_relu(ch_in: int, ch_out: int, kernel_size: int = 5) -> list[nn.Module]:
-    return [nn.Conv2d(ch_in, ch_out, kernel_size, padding=kernel_size // 2), nn.BatchNorm2d(ch_out), nn.ReLU(inplace=True)]
+    return [nn.Conv2d(ch_in, ch_out, kernel_size, padding=kernel_size // 2), nn.BatchNorm2d(ch_out),
+            nn.ReLU(inplace=True)]
 
 
 class ConvBlock(nn.Sequential):
@@ -150,7 +151,8 @@ class SETDCLNet(nn.Module):
         self.conv_fusion = ConvBlock(f5 + f5 + 1, f5, layers=1)  # x5_q || (similarity map, prototype) -> x5_sq
         self.getCorrConv = ConvBlock(2 * f1, f1, layers=1)
         self.conv_fusion_ = ConvBlock(f1 + f1 + 1, f1, layers=1)
-        self.Conv_1x1 = nn.Sequential(nn.Conv2d(f1, f1, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(f1, num_classes, 1))
+        self.Conv_1x1 = nn.Sequential(nn.Conv2d(f1, f1, 3, padding=1), nn.ReLU(inplace=True),
+                                      nn.Conv2d(f1, num_classes, 1))
         for module in self.modules():  # the code's initialize_weights: Kaiming normal convolutions, unit BN
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -241,7 +243,8 @@ class SETDCLNet(nn.Module):
 
     def feature_similarity(self, support: Sequence[torch.Tensor], query: Sequence[torch.Tensor],
                            size: Sequence[int]) -> torch.Tensor:
-        """Mean over encoder levels of the per-pixel support/query cosine similarity at full size, min-max: (B, H, W)."""
+        """Mean over encoder levels of the per-pixel support/query cosine similarity at full size, min-max:
+        (B, H, W)."""
         maps = [F.interpolate(F.cosine_similarity(s, q, dim=1, eps=1e-7)[:, None], size=tuple(size), mode="nearest")
                 for s, q in zip(support, query)]
         return minmax(torch.cat(maps, 1).mean(1))

@@ -167,7 +167,7 @@ def test_pairs_layout_split_file_and_errors(tmp_path):
 
 
 def test_dicom_layout_reads_hu_in_slice_order(tmp_path):
-    pydicom = pytest.importorskip("pydicom")
+    pytest.importorskip("pydicom")
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 

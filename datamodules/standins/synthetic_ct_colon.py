@@ -37,7 +37,8 @@ def _polyline(points: np.ndarray, samples: int = 400) -> np.ndarray:
 
 
 def synthetic_ct_colon(rng: np.random.Generator, shape: Sequence[int] = (24, 64, 64), noise_hu: float = 15.0,
-                       distractors: int = 4, stool_probability: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                       distractors: int = 4, stool_probability: float = 0.5
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One volume: HU (D, H, W) float32, colon label (D, H, W) uint8, organ label (D, H, W) uint8."""
     depth, height, width = (int(s) for s in shape)
     zz, yy, xx = np.meshgrid(np.arange(depth), np.arange(height), np.arange(width), indexing="ij")

@@ -154,7 +154,8 @@ class EpisodicSegmentationTask(SegmentationTask):
         keys.require(batch, keys.IMAGE, keys.MASK, keys.PRIOR, task=type(self).__name__)
         image, mask, prior = batch[keys.IMAGE], batch[keys.MASK], batch[keys.PRIOR]
         if image.dim() != 5 or image.shape[0] != 1:
-            raise ValueError(f"{type(self).__name__} evaluates one scan (1, C, H, W, D) per batch, got {tuple(image.shape)}")
+            raise ValueError(f"{type(self).__name__} evaluates one scan (1, C, H, W, D) per batch, "
+                             f"got {tuple(image.shape)}")
         start = batch.get(keys.START_SLICE, 0)
         start = int(start[0]) if torch.is_tensor(start) or isinstance(start, (list, tuple)) else int(start)
         return image, mask, prior, start
@@ -191,6 +192,7 @@ class EpisodicSegmentationTask(SegmentationTask):
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         image, mask, prior, start = self._volume_inputs(batch)
-        prediction = self.segment_volume(image, prior, start, mask if self.inference_support == "gt_neighbour" else None)
+        oracle = mask if self.inference_support == "gt_neighbour" else None
+        prediction = self.segment_volume(image, prior, start, oracle)
         names = batch.get(keys.NAME) or [f"scan{batch_idx:05d}"]
         return {keys.MASK: prediction, keys.NAME: list(names)}
