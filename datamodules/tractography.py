@@ -164,6 +164,7 @@ class TractographyDataModule(BaseDataModule):
             (timesteps clamp below it); windows_per_epoch: training windows per epoch (None: one per transition);
             val_windows: validation windows kept (a fixed random subset; None: all).
         trajectory_cache: an .npz file prefix: roll-outs are saved as ``<prefix>_<split>.npz`` and reused.
+        rollout_chunk: seeds rolled out at once by the expert (memory: chunk x steps x state size floats).
         seed: seeds and roll-outs are deterministic given it.
     """
 
@@ -172,10 +173,12 @@ class TractographyDataModule(BaseDataModule):
                  n_previous: int = 4, neighbour_offset: float = 0.75, seeds_per_voxel: int = 7,
                  test_seeds_per_voxel: int = 7, val_seeds: int = 4096, episodes_per_epoch: Optional[int] = None,
                  expert: str = "peaks", expert_noise: float = 0.1, trajectories_per_subject: Optional[int] = None,
-                 longest_fraction: float = 0.5, trajectories_total: Optional[int] = None, context_length: int = 40, rtg_scale: float = 100.0,
+                 longest_fraction: float = 0.5, trajectories_total: Optional[int] = None, context_length: int = 40,
+                 rtg_scale: float = 100.0,
                  max_timestep: Optional[int] = 530, windows_per_epoch: Optional[int] = None,
                  val_windows: Optional[int] = 4096,
-                 trajectory_cache: Optional[str] = None, seed: int = 0, batch_size: int = 128, num_workers: int = 0,
+                 trajectory_cache: Optional[str] = None, rollout_chunk: int = 2048, seed: int = 0,
+                 batch_size: int = 128, num_workers: int = 0,
                  pin_memory: Optional[bool] = None, eval_batch_size: Optional[int] = None):
         super().__init__(batch_size, num_workers, pin_memory, eval_batch_size)
         if mode not in ("episodes", "trajectories"):
@@ -183,14 +186,15 @@ class TractographyDataModule(BaseDataModule):
         self.mode = mode
         self.env_args = dict(step_mm=step_mm, max_angle=max_angle, min_length_mm=min_length_mm,
                              max_length_mm=max_length_mm, n_previous=n_previous, neighbour_offset=neighbour_offset)
-        self.seeds_per_voxel, self.test_seeds_per_voxel, self.val_seeds = seeds_per_voxel, test_seeds_per_voxel, val_seeds
+        self.seeds_per_voxel, self.test_seeds_per_voxel = seeds_per_voxel, test_seeds_per_voxel
+        self.val_seeds = val_seeds
         self.episodes_per_epoch = episodes_per_epoch
         self.expert, self.expert_noise = expert, expert_noise
         self.trajectories_per_subject, self.longest_fraction = trajectories_per_subject, longest_fraction
         self.trajectories_total = trajectories_total
         self.context_length, self.rtg_scale, self.max_timestep = context_length, rtg_scale, max_timestep
         self.windows_per_epoch, self.val_windows = windows_per_epoch, val_windows
-        self.trajectory_cache = trajectory_cache
+        self.trajectory_cache, self.rollout_chunk = trajectory_cache, rollout_chunk
         self.seed = seed
         self.names: list[str] = []
         self.split_of: dict[int, str] = {}
@@ -267,20 +271,22 @@ class TractographyDataModule(BaseDataModule):
         parts = []
         for index in self.indices(split):
             env = self.make_env(index)
-            seeds = torch.as_tensor(self.get_subject(index).seeds(self.seeds_per_voxel, rng))
+            all_seeds = torch.as_tensor(self.get_subject(index).seeds(self.seeds_per_voxel, rng))
             policy = self.expert_policy(env, generator)
-            forward = rollout(env, policy, seeds, keep_states=True)
-            first = forward.points[:, 1] - forward.points[:, 0] if forward.points.shape[1] > 1 else None
-            backward = rollout(env, policy, seeds, initial=None if first is None else -first, keep_states=True)
-            for run in (forward, backward):
-                lengths = run.transitions.numpy()
-                valid = np.arange(run.actions.shape[1])[None] < lengths[:, None]
-                keep = lengths > 0
-                parts.append(Trajectories(run.states.numpy()[valid], run.actions.numpy()[valid],
-                                          run.rewards.numpy()[valid],
-                                          np.concatenate([[0], np.cumsum(lengths[keep])]).astype(np.int64),
-                                          np.full(int(keep.sum()), index)))
-            parts[-2:] = [self._keep(Trajectories.concatenate(parts[-2:]), rng, self.trajectories_per_subject)]
+            subject_parts = []
+            for seeds in all_seeds.split(self.rollout_chunk):  # bounded memory: (chunk, steps, 334) states
+                forward = rollout(env, policy, seeds, keep_states=True)
+                first = forward.points[:, 1] - forward.points[:, 0] if forward.points.shape[1] > 1 else None
+                backward = rollout(env, policy, seeds, initial=None if first is None else -first, keep_states=True)
+                for run in (forward, backward):
+                    lengths = run.transitions.numpy()
+                    valid = np.arange(run.actions.shape[1])[None] < lengths[:, None]
+                    keep = lengths > 0
+                    subject_parts.append(Trajectories(
+                        run.states.numpy()[valid], run.actions.numpy()[valid], run.rewards.numpy()[valid],
+                        np.concatenate([[0], np.cumsum(lengths[keep])]).astype(np.int64),
+                        np.full(int(keep.sum()), index)))
+            parts.append(self._keep(Trajectories.concatenate(subject_parts), rng, self.trajectories_per_subject))
         trajectories = self._keep(Trajectories.concatenate(parts), rng, self.trajectories_total)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)

@@ -59,7 +59,8 @@ def load_bundle_voxels(path: Path, reference, shape) -> tuple[np.ndarray, list]:
 
 
 def peaks_from_sh(sh: np.ndarray, mask: np.ndarray, basis: str = "descoteaux07", legacy: bool = True,
-                  npeaks: int = 5, relative_peak_threshold: float = 0.5, min_separation_angle: float = 25) -> np.ndarray:
+                  npeaks: int = 5, relative_peak_threshold: float = 0.5,
+                  min_separation_angle: float = 25) -> np.ndarray:
     """fODF peaks (X, Y, Z, npeaks, 3) in ``mask`` from SH coefficients (dipy ``sh_to_sf`` + ``peak_directions``)."""
     from dipy.data import get_sphere
     from dipy.direction import peak_directions
@@ -80,7 +81,8 @@ def peaks_from_sh(sh: np.ndarray, mask: np.ndarray, basis: str = "descoteaux07",
 class _BundleDataModule(TractographyDataModule):
     """What the two readers share: the bundle mask, the tract mask, peaks from SH when none are given."""
 
-    def __init__(self, data_dir: str, bundle: Union[str, list[str]], mask_pattern: Optional[str] = None, dilate_voxels: int = 1,
+    def __init__(self, data_dir: str, bundle: Union[str, list[str]], mask_pattern: Optional[str] = None,
+                 dilate_voxels: int = 1,
                  sh_basis: str = "descoteaux07", sh_legacy: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.data_dir = Path(data_dir)
@@ -121,7 +123,8 @@ def _peaks_array(data: np.ndarray) -> np.ndarray:
 
 class TractoInfernoDataModule(_BundleDataModule):
     """TractoInferno (see the module docstring). ``bundle``: one tract, or several (each subject then counts once per
-    tract, ``<id>:<bundle>``: the mixed-tract pre-training set). ``train_subjects``/``val_subjects``/``test_subjects``: subject ids
+    tract, ``<id>:<bundle>``: the mixed-tract pre-training set). ``train_subjects``/``val_subjects``/``test_subjects``:
+    subject ids
     without ``sub-`` (the paper: train 1030 1079 1119 1180 1198; test 1160 1078 1159 1061 1171; Table 2: 1006).
     Without validation subjects, validation uses the training subjects (episodes) or their roll-outs."""
 
@@ -129,7 +132,8 @@ class TractoInfernoDataModule(_BundleDataModule):
 
     def __init__(self, data_dir: str = "data/tractoinferno", bundle: Union[str, list[str]] = "PYT_L",
                  train_subjects: Sequence[str] = ("1030", "1079", "1119", "1180", "1198"),
-                 val_subjects: Sequence[str] = (), test_subjects: Sequence[str] = ("1160", "1078", "1159", "1061", "1171"),
+                 val_subjects: Sequence[str] = (),
+                 test_subjects: Sequence[str] = ("1160", "1078", "1159", "1061", "1171"),
                  fodf_pattern: str = "fodf/sub-{subject}__fodf.nii.gz",
                  peaks_pattern: Optional[str] = "fodf/sub-{subject}__peaks.nii.gz",
                  bundle_pattern: str = "tractography/sub-{subject}__{bundle}.trk",
@@ -295,7 +299,8 @@ class TractoInfernoMRMDataModule(BaseDataModule):
 
     def __init__(self, data_dir: str = "data/tractoinferno", bundle: str = "PYT_L",
                  train_subjects: Sequence[str] = ("1030", "1079", "1119", "1180", "1198"),
-                 val_subjects: Sequence[str] = (), test_subjects: Sequence[str] = ("1160", "1078", "1159", "1061", "1171"),
+                 val_subjects: Sequence[str] = (),
+                 test_subjects: Sequence[str] = ("1160", "1078", "1159", "1061", "1171"),
                  fodf_pattern: str = "fodf/sub-{subject}__fodf.nii.gz",
                  bundle_pattern: str = "tractography/sub-{subject}__{bundle}.trk", roi_pattern: Optional[str] = None,
                  roi_dilate_voxels: int = 5, batch_size: int = 512, num_workers: int = 0,

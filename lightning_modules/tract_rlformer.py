@@ -88,8 +88,10 @@ class TractRLFormer(nn.Module):
                  n_heads: int = 1, inner_size: Optional[int] = None, dropout: float = 0.1, activation: str = "relu",
                  max_ep_len: int = 530, context_length: int = 40, auxiliary_heads: bool = False):
         super().__init__()
-        self.state_dim, self.act_dim, self.context_length, self.max_ep_len = state_dim, act_dim, context_length, max_ep_len
-        self.block_args = dict(dim=hidden_size, n_heads=n_heads, inner=inner_size, dropout=dropout, activation=activation)
+        self.state_dim, self.act_dim = state_dim, act_dim
+        self.context_length, self.max_ep_len = context_length, max_ep_len
+        self.block_args = dict(dim=hidden_size, n_heads=n_heads, inner=inner_size, dropout=dropout,
+                               activation=activation)
         self.embed_timestep = nn.Embedding(max_ep_len, hidden_size)
         self.embed_return = nn.Linear(1, hidden_size)
         self.embed_state = nn.Linear(state_dim, hidden_size)

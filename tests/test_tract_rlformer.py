@@ -178,7 +178,8 @@ def test_eq2_loss_matches_its_double_sum_and_is_zero_for_identical_actions():
     torch.testing.assert_close(multi_step_angular_loss(pred, target, mask, reduction="mean"), expected / n_terms)
     assert multi_step_angular_loss(target, 3 * target, mask, eps=0.0) < 1e-2  # float rounding of cos = 1
     # the code's clamp: identical actions cost arccos(1 - 1e-4) per term
-    torch.testing.assert_close(multi_step_angular_loss(target, target, mask), n_terms * torch.tensor(math.acos(1 - 1e-4)),
+    torch.testing.assert_close(multi_step_angular_loss(target, target, mask),
+                               n_terms * torch.tensor(math.acos(1 - 1e-4)),
                                rtol=1e-3, atol=0)  # float32 arccos near 1
     torch.testing.assert_close(step_angles(torch.tensor([[1.0, 0, 0]]), torch.tensor([[0, 1.0, 0]])),
                                torch.tensor([math.pi / 2]))

@@ -29,7 +29,8 @@ def neighbourhood_weights(length: int, radius: int = 2, device=None) -> torch.Te
 
 
 def multi_step_angular_loss(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
-                            radius: int = 2, reduction: Literal["sum", "mean"] = "sum", eps: float = 1e-4) -> torch.Tensor:
+                            radius: int = 2, reduction: Literal["sum", "mean"] = "sum",
+                            eps: float = 1e-4) -> torch.Tensor:
     """Eq. 2 over windows: predicted, target (B, K, 3), mask (B, K) True on real (non-padded) steps."""
     angles = step_angles(predicted, target, eps)
     weights = neighbourhood_weights(angles.shape[-1], radius, angles.device).expand_as(angles)

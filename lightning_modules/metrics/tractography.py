@@ -55,7 +55,8 @@ def bundle_scores(prediction, reference) -> dict[str, float]:
             "overreach": fp / size if size else float("nan")}
 
 
-def angular_error_degrees(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def angular_error_degrees(predicted: torch.Tensor, target: torch.Tensor,
+                          mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean angle (degrees) between predicted and target direction vectors (..., 3), over ``mask``'s True entries."""
     cos = (torch.nn.functional.normalize(predicted, dim=-1) * torch.nn.functional.normalize(target, dim=-1)).sum(-1)
     angle = torch.rad2deg(torch.arccos(cos.clamp(-1.0, 1.0)))

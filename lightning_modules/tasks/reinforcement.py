@@ -145,7 +145,8 @@ class TractographyTask(BaseTask):
 
     def on_test_epoch_end(self) -> None:
         dm = self.datamodule
-        subjects = sorted({s for lines in self._tracked.values() for s in lines})
+        subjects = dm.indices("test") if hasattr(dm, "indices") else []  # every rank loops over all (DDP reduce)
+        subjects = subjects or sorted({s for lines in self._tracked.values() for s in lines})
         for name, per_subject in self._tracked.items():
             scores = {"dice": [], "overlap": [], "overreach": [], "streamlines": []}
             for subject in subjects:
@@ -208,7 +209,8 @@ class ReplayBuffer:
 
     def _allocate(self, device) -> None:
         c, s = self.capacity, self.state_dim
-        self.data = {"state": torch.zeros(c, s, device=device), "action": torch.zeros(c, self.action_dim, device=device),
+        self.data = {"state": torch.zeros(c, s, device=device),
+                     "action": torch.zeros(c, self.action_dim, device=device),
                      "reward": torch.zeros(c, device=device), "next_state": torch.zeros(c, s, device=device),
                      "done": torch.zeros(c, device=device)}
 
@@ -451,7 +453,8 @@ class SequencePolicyTask(TractographyTask):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         predicted = self.predict_actions(batch)
-        loss = multi_step_angular_loss(predicted, batch[ACTIONS], batch[STEP_MASK], self.loss_radius, self.loss_reduction)
+        loss = multi_step_angular_loss(predicted, batch[ACTIONS], batch[STEP_MASK], self.loss_radius,
+                                       self.loss_reduction)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(predicted))
         return loss
 

@@ -108,8 +108,8 @@ class TrackingEnv:
         self.volume = torch.cat([sh, mask[..., None]], dim=-1).permute(3, 0, 1, 2)[None].contiguous().to(self.device)
         self.mask = mask.bool().to(self.device)
         self.shape = torch.tensor(self.mask.shape, device=self.device)
-        self.peaks = unit(torch.as_tensor(np.asarray(subject.peaks, dtype=np.float32))).to(self.device)
-        self.peaks = self.peaks * (torch.as_tensor(np.asarray(subject.peaks)).norm(dim=-1, keepdim=True) > 0).to(self.device)
+        peaks = torch.as_tensor(np.asarray(subject.peaks, dtype=np.float32))
+        self.peaks = (unit(peaks) * (peaks.norm(dim=-1, keepdim=True) > 0)).to(self.device)  # zero rows stay zero
         self.offsets = NEIGHBOURS.to(self.device) * neighbour_offset
         self.state_size = 7 * self.volume.shape[1] + 3 * n_previous
 
