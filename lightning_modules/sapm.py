@@ -49,14 +49,16 @@ def amplitude_noise_variance(height: int, width: int, alpha: float = 6.0, beta: 
 
 
 def spatial_amplitude_perturbation(image: torch.Tensor, alpha: float = 6.0, beta: float = 0.5,
-                                   per_channel: bool = True, abs_mu: bool = False, output_range: OutputRange = "minmax",
+                                   per_channel: bool = True, abs_mu: bool = False, output_range: OutputRange = "clip",
                                    generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """SAPM (Eq. 1-5) on a batch (B, C, H, W) in [0, 1]: one augmented image per input.
 
     ``per_channel``: independent noise per colour channel (card's choice; else one draw shared by the channels).
     ``abs_mu``: use |mu| (the paper keeps the sign: a negative draw flips that frequency's phase by pi).
-    ``output_range``: ``minmax`` rescales each image and channel to [0, 1] (card's choice), ``clip`` clamps to
-    [0, 1], ``none`` returns the raw real part. Computed in float32 (FFTs under autocast).
+    ``output_range``: ``clip`` clamps to [0, 1] (default: keeps the brightness/colour change of the perturbed DC
+    term, which Eq. 1 treats explicitly), ``minmax`` rescales each image and channel to [0, 1] (the card's choice,
+    which cancels the DC term's perturbation), ``none`` returns the raw real part. Computed in float32 (FFTs
+    under autocast).
     """
     dtype = image.dtype
     x = image.float()
@@ -86,7 +88,7 @@ class SpatialAmplitudePerturbation(nn.Module):
     :func:`spatial_amplitude_perturbation`."""
 
     def __init__(self, alpha: float = 6.0, beta: float = 0.5, per_channel: bool = True, abs_mu: bool = False,
-                 output_range: OutputRange = "minmax"):
+                 output_range: OutputRange = "clip"):
         super().__init__()
         if alpha < 0 or beta < 0:
             raise ValueError(f"alpha and beta are variances (>= 0), got {alpha}, {beta}")
@@ -246,7 +248,7 @@ class SAPMSegmentationTask(SegmentationTask):
 
     def __init__(self, network: nn.Module, augmentation: Literal["sapm", "normaug", "none"] = "sapm",
                  alpha: float = 6.0, beta: float = 0.5, per_channel: bool = True, abs_mu: bool = False,
-                 output_range: OutputRange = "minmax", sensitivity: bool = True, seg_weight: float = 1.0,
+                 output_range: OutputRange = "clip", sensitivity: bool = True, seg_weight: float = 1.0,
                  con_weight: float = 0.5, guidance_weight: float = 0.5,
                  guidance_streams: Literal["both", "original"] = "both", detach_sensitivity: bool = True,
                  select_last: bool = True, num_classes: int = 2, multilabel: bool = True, bce_weight: float = 1.0,

@@ -56,11 +56,12 @@ def test_sapm_options_identity_shared_noise_and_output_range():
     assert torch.allclose(shared[:, 0], shared[:, 2], atol=1e-5)  # one draw for every channel
     apart = spatial_amplitude_perturbation(grey, per_channel=True, output_range="none")
     assert not torch.allclose(apart[:, 0], apart[:, 2], atol=1e-2)  # a colour shift per channel
-    scaled = spatial_amplitude_perturbation(image)
+    scaled = spatial_amplitude_perturbation(image, output_range="minmax")
     assert torch.allclose(scaled.amin(dim=(-2, -1)), torch.zeros(2, 3), atol=1e-6)
     assert torch.allclose(scaled.amax(dim=(-2, -1)), torch.ones(2, 3), atol=1e-6)
-    clipped = spatial_amplitude_perturbation(image, output_range="clip")
+    clipped = spatial_amplitude_perturbation(image)  # the default: clamp
     assert clipped.min() >= 0 and clipped.max() <= 1
+    assert not torch.allclose(clipped.amin(dim=(-2, -1)), torch.zeros(2, 3), atol=1e-3)  # not stretched
     assert not torch.allclose(scaled, image, atol=0.05)  # the default (alpha 6, beta 0.5) changes the image
 
 
