@@ -246,3 +246,23 @@ def test_demo_learns(tmp_path):
     metrics = json.loads((Path(cli.run_dir) / "results.json").read_text())["metrics"]
     assert metrics["test/acer_constant"] == 50.0
     assert metrics["test/acer"] < 20.0 and metrics["test/video/acer"] < 20.0 and metrics["test/auc"] > 90.0
+
+
+def test_color_lbp_features_and_svm_baseline():
+    from datamodules.standins.synthetic_antispoofing import render_presentations
+    from lightning_modules.fas_lbp_svm import BINS, color_lbp_features, evaluate, fit_lbp_svm
+
+    flat = np.full((16, 16, 3), 128, np.uint8)
+    features = color_lbp_features(flat)
+    assert features.shape == (6 * BINS,)
+    np.testing.assert_allclose(features.reshape(6, BINS).sum(1), 1.0)
+    # a flat channel: one code at every pixel whose neighbours lie inside the image (14 x 14 of 16 x 16)
+    assert (features.reshape(6, BINS).max(1) >= 14 * 14 / 256 - 1e-9).all()
+    with pytest.raises(ValueError):
+        color_lbp_features(flat.astype(np.float32))
+    data = render_presentations(num_subjects=9, frames=2, size=48, depth_size=6, seed=3)
+    split = data["subjects"] < 5, (data["subjects"] >= 5) & (data["subjects"] < 7), data["subjects"] >= 7
+    model = fit_lbp_svm(data["images"][split[0]], data["labels"][split[0]])
+    report = evaluate(model, data["images"][split[1]], data["labels"][split[1]], data["images"][split[2]],
+                      data["labels"][split[2]])
+    assert report["auc"] > 0.9 and report["acer"] < 0.25
