@@ -152,6 +152,28 @@ def test_fine_tuning_appends_a_block_and_freezes_the_rest():
     assert len(net.blocks) == 4 and trainable and all(n.startswith("blocks.3.") for n in trainable)
 
 
+def test_fine_tuning_loads_the_pretrained_checkpoint_and_trains_only_the_new_block(tmp_path):
+    torch.manual_seed(0)
+    small = dict(state_dim=334, hidden_size=16, context_length=4, max_ep_len=20)
+    pretrained = SequencePolicyTask(TractRLFormer(n_layers=1, **small))
+    pretrained.network.set_state_statistics(torch.full((334,), 2.0), torch.full((334,), 3.0))
+    path = tmp_path / "pre.ckpt"
+    torch.save({"state_dict": pretrained.state_dict(), "pytorch-lightning_version": L.__version__,
+                "hyper_parameters": dict(pretrained.hparams)}, path)
+    task = SequencePolicyTask(TractRLFormer(n_layers=2, **small), init_from=str(path), freeze_pretrained=True)
+    fresh = task.load_pretrained(str(path))
+    assert fresh and all(name.startswith("blocks.1.") for name in fresh)
+    assert not task.use_data_statistics and task.network.state_std.eq(3).all()  # the pre-trained z-scoring kept
+    torch.testing.assert_close(task.network.blocks[0].attn.c_attn.weight,
+                               pretrained.network.blocks[0].attn.c_attn.weight)
+    trainable = [n for n, p in task.named_parameters() if p.requires_grad]
+    assert trainable and all(n.startswith("network.blocks.1.") for n in trainable)
+    assert sum(p.numel() for p in task.optimizer_parameters()) == sum(
+        p.numel() for p in task.network.blocks[1].parameters())
+    reloaded = SequencePolicyTask.load_from_checkpoint(path, network=TractRLFormer(n_layers=1, **small))
+    assert reloaded.network.state_mean.eq(2).all()
+
+
 def test_mrm_features_take_the_voxel_and_its_six_neighbours():
     sh = np.arange(3 * 3 * 3 * 2, dtype=np.float32).reshape(3, 3, 3, 2)
     roi = np.zeros((3, 3, 3), bool)
