@@ -39,7 +39,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, Optional, Sequence, Union
+from typing import Literal, Optional, Sequence, Union
 
 import cv2
 import numpy as np
@@ -234,7 +234,8 @@ def _int_or_none(text: str) -> Optional[int]:
         return None
 
 
-def _clip_frames(folder: Path, onset: Optional[int], apex: Optional[int], offset: Optional[int]) -> tuple[list[Path], int]:
+def _clip_frames(folder: Path, onset: Optional[int], apex: Optional[int],
+                 offset: Optional[int]) -> tuple[list[Path], int]:
     """The frames of ``folder`` from onset to offset (all where unknown) and the apex's index among them
     (the frame nearest the apex number; the middle where the apex is unknown)."""
     frames = sorted_frames(folder)
@@ -251,10 +252,11 @@ def _clip_frames(folder: Path, onset: Optional[int], apex: Optional[int], offset
 
 # ------------------------------------------------------------------------------------------------ listers
 CASME2_LAYOUT = """<data_dir>/
-  CASME2-coding-20140508.xlsx        (or .csv: Subject, Filename, OnsetFrame, ApexFrame, OffsetFrame, ..., Estimated Emotion)
+  CASME2-coding-20140508.xlsx   (or .csv: Subject, Filename, OnsetFrame, ApexFrame, OffsetFrame, ..., Estimated Emotion)
   Cropped/sub01/EP02_01f/reg_img46.jpg ...   (or CASME2_RAW_selected/sub01/EP02_01f/img46.jpg)"""
 SAMM_LAYOUT = """<data_dir>/
-  SAMM_Micro_FACS_Codes_v2.xlsx      (or .csv; title rows, then Subject, Filename, Onset Frame, Apex Frame, Offset Frame, ..., Estimated Emotion)
+  SAMM_Micro_FACS_Codes_v2.xlsx      (or .csv; title rows, then Subject, Filename, Onset Frame, Apex Frame,
+                                      Offset Frame, ..., Estimated Emotion)
   SAMM/006/006_1_2/006_05562.jpg ... (or 006/006_1_2/... directly under data_dir)"""
 SMIC_LAYOUT = """<data_dir>/
   HS/s1/micro/positive/s1_po_01/*.bmp
@@ -320,7 +322,8 @@ def list_samm(root: PathLike) -> list[MEClip]:
             raise DatasetError(f"SAMM clip {name} of the coding sheet has no frame folder", path=folder,
                                layout=SAMM_LAYOUT, standin_config=STANDIN)
         frames, apex = _clip_frames(folder, _int_or_none(_column(row, "onset frame")),
-                                    _int_or_none(_column(row, "apex frame")), _int_or_none(_column(row, "offset frame")))
+                                    _int_or_none(_column(row, "apex frame")),
+                                    _int_or_none(_column(row, "offset frame")))
         if not frames:
             raise DatasetError(f"SAMM clip {name} has no frames", path=folder, layout=SAMM_LAYOUT)
         emotion = _column(row, "estimated emotion").strip().lower()
@@ -349,7 +352,8 @@ def list_smic(root: PathLike, part: str = "HS") -> list[MEClip]:
     return clips
 
 
-def assign_labels(clips: list[MEClip], classes: Sequence[str], mapping: Optional[dict[str, str]] = None) -> list[MEClip]:
+def assign_labels(clips: list[MEClip], classes: Sequence[str],
+                  mapping: Optional[dict[str, str]] = None) -> list[MEClip]:
     """Keep the clips whose (mapped) emotion is one of ``classes`` and set their label index."""
     kept = []
     for clip in clips:

@@ -23,7 +23,6 @@ Input: a clip ``video`` (B, T, 6, H, W), T = 17 frames around the apex; channels
 from __future__ import annotations
 
 import csv
-import math
 import os
 from pathlib import Path
 from typing import Optional, Sequence
@@ -33,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_modules.backbones import build_trunk
-from lightning_modules.batch import GROUP, LABEL, NAME, VIDEO
+from lightning_modules.batch import GROUP, NAME, VIDEO
 from lightning_modules.tasks.classification import ClassificationTask
 
 STREAMS = ("mi", "of")
