@@ -198,3 +198,15 @@ def test_standin_learns(tmp_path):
     with torch.no_grad():
         assert F.cross_entropy(model(batch["video"]), batch["label"]) < 0.8 * F.cross_entropy(
             untrained(batch["video"]), batch["label"])
+
+
+@pytest.mark.slow
+def test_demo_learns(tmp_path):
+    """The demo as shipped (6 subjects x 3 x 5 clips, 17 frames at 64 px, 15 epochs, fold 0; ~1.5 min on 2 cores):
+    UF1 well above chance (1/3; the shipped run: 0.683)."""
+    import run
+
+    cli = run.main(["--config", DEMO, "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+                    "--runs_dir", str(tmp_path), "--run_id", "r"])
+    metrics = json.loads((Path(cli.run_dir) / "results.json").read_text())["metrics"]
+    assert metrics["test/macro_f1"] > 0.55 and metrics["test/acc"] > 0.6
