@@ -113,7 +113,8 @@ class _BundleDataModule(TractographyDataModule):
             peaks = peaks_from_sh(sh, tract_mask, self.sh_basis, self.sh_legacy)
         return TractographySubject(name=name, sh=sh.astype(np.float32), peaks=peaks.astype(np.float32),
                                    tracking_mask=tract_mask, seed_mask=tract_mask, bundle_mask=bundle_mask,
-                                   affine=image.affine, reference=atlas, bundle=bundle or self.bundle)
+                                   affine=image.affine, reference=atlas, bundle=bundle or self.bundle,
+                                   sh_basis=self.sh_basis, sh_legacy=self.sh_legacy)
 
 
 def _peaks_array(data: np.ndarray) -> np.ndarray:

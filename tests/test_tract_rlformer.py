@@ -18,8 +18,8 @@ from lightning_modules.losses.tractography import multi_step_angular_loss, step_
 from lightning_modules.metrics.tractography import bundle_scores, streamlines_to_mask
 from lightning_modules.tasks.reinforcement import (MLPActor, MLPCritic, ReplayBuffer, SequencePolicyTask, TD3Task,
                                                    DecisionTransformerPolicy, save_tractogram, clean_by_mdf)
-from lightning_modules.tasks.tracking_env import (FeedForwardPolicy, PeakFollower, TrackingEnv, TractographySubject,
-                                                  rollout, state_size, track)
+from lightning_modules.tasks.tracking_env import (FeedForwardPolicy, FODFSampler, PeakFollower, TrackingEnv,
+                                                  TractographySubject, rollout, state_size, track)
 from lightning_modules.tract_rlformer import (MaskRefinementNet, TractRLFormer, count_decision_transformer,
                                               mrm_features)
 
@@ -34,7 +34,7 @@ def n_params(module: torch.nn.Module) -> int:
 def phantom_subject() -> TractographySubject:
     p = make_phantom(size=24, seed=3)
     return TractographySubject("p", p["sh"], p["peaks"], ndimage.binary_dilation(p["bundle_a"]), p["bundle_a"],
-                               p["bundle_a"], reference=[p["centreline"]])
+                               p["bundle_a"], reference=[p["centreline"]], sh_legacy=False)
 
 
 def toy_subject(shape=(6, 5, 4), channels=45) -> TractographySubject:
@@ -107,6 +107,23 @@ def test_peak_following_tracks_the_phantom_bundle_and_beats_a_straight_line():
     assert all(len(line) >= env.min_points for line in lines)
     kept = clean_by_mdf(lines, subject.reference, 3.0, subject.affine)
     assert 0 < len(kept) <= len(lines)
+    prob = track(env, FODFSampler(env, generator=torch.Generator().manual_seed(0)), seeds)
+    assert bundle_scores(streamlines_to_mask(prob, subject.shape), subject.bundle_mask)["dice"] > 0.5
+
+
+def test_fodf_sampling_draws_near_the_peak_within_the_cone():
+    subject = phantom_subject()
+    env = TrackingEnv(subject, **PHANTOM_ENV)
+    voxel = np.argwhere(subject.bundle_mask & (np.linalg.norm(subject.peaks[..., 1, :], axis=-1) == 0))[0]
+    peak = torch.as_tensor(subject.peaks[tuple(voxel)][0])
+    tips = torch.as_tensor(voxel, dtype=torch.float32).expand(400, 3)
+    previous = torch.zeros(400, 4, 3)
+    previous[200:, 0] = peak  # continuing along +peak: only the + lobe is in the 60 degree cone
+    policy = FODFSampler(env, generator=torch.Generator().manual_seed(0))
+    d = policy.act(env.state(tips, previous), torch.arange(400), 0)
+    cos = d @ peak
+    assert cos.abs()[:200].median() > 0.9 and (cos[200:] >= 0.5).all() and cos[200:].median() > 0.9
+    assert (cos[:200] < 0).any() and (cos[:200] > 0).any()  # first step: both lobes
 
 
 # -- networks -------------------------------------------------------------------------------------------------------

@@ -100,4 +100,5 @@ class SyntheticFODFPhantomDataModule(TractographyDataModule):
         bundle = phantom["bundle_a"]
         return TractographySubject(name=name, sh=phantom["sh"], peaks=phantom["peaks"],
                                    tracking_mask=ndimage.binary_dilation(bundle), seed_mask=bundle,
-                                   bundle_mask=bundle, affine=np.eye(4), reference=[phantom["centreline"]])
+                                   bundle_mask=bundle, affine=np.eye(4), reference=[phantom["centreline"]],
+                                   bundle="U", sh_basis="descoteaux07", sh_legacy=False)

@@ -3,7 +3,8 @@
 
 - ``TractographyTask``: what every tracking policy shares. Test: bidirectional tracking from the datamodule's test
   seeds (batches ``{"subject": (B,), "seed": (B, 3)}``) with ``tracking_policy()`` and with the ``baselines``
-  (``det``: peak following, ``straight``: a random first direction then straight on, ``random``), optional
+  (``det``: peak following, ``prob``: fODF sampling, ``straight``: a random first direction then straight on,
+  ``random``), optional
   FSS-style cleaning (streamlines farther than ``clean_mdf_mm`` from every reference streamline dropped), then per
   subject the streamlines' voxel mask vs the reference bundle mask: ``test/dice``, ``test/overlap``,
   ``test/overreach`` (mean +- std over subjects), ``test/streamlines``, and ``test/<baseline>/...``; each
@@ -36,13 +37,13 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning_modules.losses.tractography import multi_step_angular_loss, step_angles
 from lightning_modules.metrics.tractography import bundle_scores, streamlines_to_mask
 from lightning_modules.tasks.base import BaseTask
-from lightning_modules.tasks.tracking_env import (FeedForwardPolicy, PeakFollower, RandomPolicy, StraightLinePolicy,
-                                                  TrackingEnv, rollout, track)
+from lightning_modules.tasks.tracking_env import (FeedForwardPolicy, FODFSampler, PeakFollower, RandomPolicy,
+                                                  StraightLinePolicy, TrackingEnv, rollout, track)
 
 #: batch keys of the family: seeds to track from, and offline trajectory windows
 SUBJECT, SEED = "subject", "seed"
 RETURNS, STATES, ACTIONS, TIMESTEPS, STEP_MASK = "returns", "states", "actions", "timesteps", "mask"
-BASELINES = ("det", "straight", "random")
+BASELINES = ("det", "prob", "straight", "random")
 
 
 class MLPActor(nn.Module):
@@ -127,7 +128,8 @@ class TractographyTask(BaseTask):
 
     def baseline_policy(self, name: str, env: TrackingEnv):
         generator = torch.Generator().manual_seed(0)
-        return {"det": lambda: PeakFollower(env), "straight": lambda: StraightLinePolicy(env.n_previous, generator),
+        return {"det": lambda: PeakFollower(env), "prob": lambda: FODFSampler(env, generator=generator),
+                "straight": lambda: StraightLinePolicy(env.n_previous, generator),
                 "random": lambda: RandomPolicy(generator)}[name]()
 
     # -- test ------------------------------------------------------------------------------------------------

@@ -51,6 +51,8 @@ class TractographySubject:
     affine: np.ndarray = field(default_factory=lambda: np.eye(4))
     reference: Optional[list] = None
     bundle: Optional[str] = None
+    sh_basis: str = "descoteaux07"
+    sh_legacy: bool = True
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -230,6 +232,39 @@ class PeakFollower(FeedForwardPolicy):
         chosen = chosen * sign[:, None]
         # no peak here: keep going straight
         return torch.where(chosen.norm(dim=-1, keepdim=True) > 0, chosen, previous)
+
+
+class FODFSampler(FeedForwardPolicy):
+    """Probabilistic fODF tracking (the PROB baseline, dipy's ``ProbabilisticDirectionGetter`` in this environment):
+    the fODF at the tip (the state's interpolated SH) evaluated on ``repulsion724``, negatives and directions beyond
+    ``max_angle`` of the previous step zeroed (any direction on a first step: the fODF is symmetric), a direction
+    drawn in proportion to the rest (``power`` sharpens)."""
+
+    def __init__(self, env: TrackingEnv, max_angle: float = 60.0, power: float = 1.0,
+                 generator: Optional[torch.Generator] = None):
+        from dipy.data import get_sphere
+        from dipy.reconst.shm import order_from_ncoef, sh_to_sf_matrix
+
+        super().__init__(self._sample, 0.0, generator)
+        sphere = get_sphere(name="repulsion724")
+        n_coef = env.volume.shape[1] - 1
+        matrix = sh_to_sf_matrix(sphere, sh_order_max=order_from_ncoef(n_coef), basis_type=env.subject.sh_basis,
+                                 legacy=env.subject.sh_legacy, return_inv=False)
+        self.env, self.power, self.cos_max = env, power, math.cos(math.radians(max_angle))
+        self.matrix = torch.as_tensor(matrix, dtype=torch.float32, device=env.device)  # (C, V)
+        self.vertices = torch.as_tensor(sphere.vertices, dtype=torch.float32, device=env.device)
+        self.n_coef = n_coef
+
+    def _sample(self, states: torch.Tensor) -> torch.Tensor:
+        previous = states[:, -3 * self.env.n_previous:][:, :3]
+        sf = (states[:, :self.n_coef] @ self.matrix).clamp_min(0) ** self.power
+        dots = previous @ self.vertices.t()  # (N, V)
+        first = previous.norm(dim=-1, keepdim=True) == 0
+        sf = sf * (first | (dots >= self.cos_max))
+        empty = sf.sum(-1) <= 0
+        sf[empty] = 1.0  # no fODF mass in the cone: a uniform draw (the turn test then ends the streamline)
+        index = torch.multinomial(sf.cpu(), 1, generator=self.generator).squeeze(-1).to(states.device)
+        return self.vertices[index]
 
 
 class StraightLinePolicy(FeedForwardPolicy):
