@@ -356,9 +356,13 @@ class FaceAntiSpoofingGANTask(AdversarialTraining, BaseTask):
         for name, value in (("score", score), ("label", label), ("group", group)):
             self.scores[stage][name].update(value.float())
         if batch_idx == 0 and (stage == "test" or self.figure_due()):
-            self._figure_batch = {"image": x[:8, :3].detach().cpu(), "gt": depth_gt[:8].detach().cpu(),
-                                  "depth": depth[:8].detach().cpu(), "score": score[:8].detach().cpu(),
-                                  "label": label[:8].detach().cpu()}
+            # up to 4 bona fide and 4 attack frames of the first batch (Fig. 4's live / spoof columns)
+            live = torch.nonzero(label == 0).flatten()
+            attack = torch.nonzero(label != 0).flatten()
+            keep = torch.cat([live[:4], attack[:8 - min(4, len(live))]])
+            self._figure_batch = {"image": x[keep, :3].detach().cpu(), "gt": depth_gt[keep].detach().cpu(),
+                                  "depth": depth[keep].detach().cpu(), "score": score[keep].detach().cpu(),
+                                  "label": label[keep].detach().cpu()}
 
     def _collected(self, stage: str) -> Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         metrics = self.scores[stage]
