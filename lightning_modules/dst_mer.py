@@ -350,3 +350,29 @@ def pooled_loso(study_dir: str | os.PathLike, results: list[dict]) -> str:
     Path(study_dir).mkdir(parents=True, exist_ok=True)
     (Path(study_dir) / "pooled.json").write_text(json.dumps(pooled, indent=2))
     return "\n".join(lines) if pooled else ""
+
+
+# ------------------------------------------------------------------------------------------------ LBP-TOP baseline
+def lbp_top_features(frames, blocks: int = 5, radius: int = 1, points: int = 8):
+    """LBP-TOP (Zhao & Pietikainen 2007; Tables 2 and 4's handcrafted row) of a grey clip (T, H, W): scikit-image's
+    non-rotation-invariant uniform LBP (``nri_uniform``: 59 codes for 8 neighbours) on the XY, XT and YT planes,
+    histogrammed per plane type in each of ``blocks`` x ``blocks`` spatial blocks (each histogram sums to 1),
+    concatenated: (blocks^2 * 3 * bins,) float32."""
+    import numpy as np
+    from skimage.feature import local_binary_pattern
+
+    volume = np.asarray(frames, dtype=np.float32)
+    T, H, W = volume.shape
+    bins = points * (points - 1) + 3
+    codes = {"xy": np.stack([local_binary_pattern(volume[t], points, radius, "nri_uniform") for t in range(T)]),
+             "xt": np.stack([local_binary_pattern(volume[:, y, :], points, radius, "nri_uniform") for y in range(H)], 1),
+             "yt": np.stack([local_binary_pattern(volume[:, :, x], points, radius, "nri_uniform") for x in range(W)], 2)}
+    rows, cols = np.array_split(np.arange(H), blocks), np.array_split(np.arange(W), blocks)
+    features = []
+    for r in rows:
+        for c in cols:
+            for plane in ("xy", "xt", "yt"):
+                block = codes[plane][:, r[0]:r[-1] + 1, c[0]:c[-1] + 1]
+                hist = np.bincount(block.astype(np.int64).ravel(), minlength=bins)[:bins].astype(np.float32)
+                features.append(hist / max(hist.sum(), 1.0))
+    return np.concatenate(features)

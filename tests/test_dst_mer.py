@@ -210,3 +210,21 @@ def test_demo_learns(tmp_path):
                     "--runs_dir", str(tmp_path), "--run_id", "r"])
     metrics = json.loads((Path(cli.run_dir) / "results.json").read_text())["metrics"]
     assert metrics["test/macro_f1"] > 0.55 and metrics["test/acc"] > 0.6
+
+
+def test_lbp_top_histograms_match_skimage():
+    from skimage.feature import local_binary_pattern
+
+    from lightning_modules.dst_mer import lbp_top_features
+
+    rng = np.random.default_rng(0)
+    clip = rng.integers(0, 255, (6, 20, 15)).astype(np.uint8)
+    features = lbp_top_features(clip, blocks=5)
+    assert features.shape == (5 * 5 * 3 * 59,) and np.allclose(features.reshape(75, 59).sum(1), 1)
+    # block (0, 0)'s XY histogram: codes of every frame's rows 0-3, columns 0-2
+    codes = np.stack([local_binary_pattern(f.astype(np.float32), 8, 1, "nri_uniform") for f in clip])[:, :4, :3]
+    expected = np.bincount(codes.astype(int).ravel(), minlength=59) / codes.size
+    assert np.allclose(features[:59], expected)
+    # its YT histogram: the YT plane of each column x (rows y, frames t), same block
+    yt = np.stack([local_binary_pattern(clip[:, :, x].astype(np.float32), 8, 1, "nri_uniform") for x in range(15)], 2)
+    assert np.allclose(features[2 * 59:3 * 59], np.bincount(yt[:, :4, :3].astype(int).ravel(), minlength=59) / 72)
