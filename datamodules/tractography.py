@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from datamodules.base import BaseDataModule, EpochSeededRandomSampler
+from datamodules.base import BaseDataModule, DatasetError, EpochSeededRandomSampler
 from lightning_modules.tasks.tracking_env import (FeedForwardPolicy, PeakFollower, TrackingEnv, TractographySubject,
                                                   rollout)
 
@@ -258,6 +258,11 @@ class TractographyDataModule(BaseDataModule):
         from lightning_modules.tasks.reinforcement import TD3Task
 
         path = self.expert.format(bundle=env.subject.bundle)  # one agent per tract: ".../td3_{bundle}/best.ckpt"
+        if not Path(path).is_file():
+            raise DatasetError("the level-1 expert's checkpoint (a TD3Task best.ckpt) is missing", path=path,
+                               hint="train it first (e.g. experiments/tract_rlformer/tractoinferno_td3.yaml) or set "
+                                    "--data.init_args.expert (peaks: the scripted peak follower)",
+                               standin_config="experiments/tract_rlformer_demo.yaml")
         actor = TD3Task.load_from_checkpoint(path, map_location="cpu").actor.eval()
         return FeedForwardPolicy(actor, noise=self.expert_noise, generator=generator)
 

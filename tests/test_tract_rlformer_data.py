@@ -74,6 +74,10 @@ def test_tractoinferno_names_what_is_missing(tmp_path):
         TractoInfernoDataModule(str(tmp_path), bundle="AF_L", train_subjects=["1030"], test_subjects=[]).prepare_data()
     with pytest.raises(DatasetError, match="sub-9999"):
         TractoInfernoDataModule(str(tmp_path), train_subjects=["9999"], test_subjects=[]).prepare_data()
+    expert = TractoInfernoDataModule(str(tmp_path), train_subjects=["1030"], test_subjects=[], sh_legacy=False,
+                                     expert=str(tmp_path / "td3_{bundle}.ckpt"), **ENV)
+    with pytest.raises(DatasetError, match="td3_PYT_L.ckpt"):
+        expert.setup("fit")
 
 
 def write_ismrm(root):
