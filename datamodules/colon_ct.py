@@ -221,29 +221,32 @@ class ColonCTDataModule(EpisodicVolumeDataModule):
         slices.sort(key=lambda item: item[0])
         return np.ascontiguousarray(np.stack([hu for _, hu in slices])[:, :, ::-1])
 
-    def raw_volumes(self, split: str) -> list[RawVolume]:
-        volumes = []
-        for case in self.splits()[split]:
-            image_path, label_path = self.case_files(case)
-            hu = self.read_dicom_series(image_path) if self.layout == "dicom" else self.read_nifti(image_path)
-            labels = self.read_nifti(label_path)
-            if labels.shape != hu.shape:
-                raise self.error(f"colon mask has shape {labels.shape}, the image {hu.shape}", label_path)
-            colon = labels == self.colon_label if self.colon_label is not None else labels > 0
-            organs = None
-            if self.organ_names and self.layout == "totalsegmentator":
-                organs = np.zeros(hu.shape, bool)
-                for name in self.organ_names:
-                    path = self.data_dir / case / "segmentations" / f"{name}.nii.gz"
-                    if not path.is_file():
-                        raise self.error("missing organ mask (organ_names)", path)
-                    organs |= self.read_nifti(path) > 0
-            volumes.append(RawVolume(case, hu.astype(np.float32), colon.astype(np.uint8),
-                                     None if organs is None else organs.astype(np.uint8)))
-        return volumes
+    def volume_names(self, split: str) -> list[str]:
+        return list(self.splits()[split])
+
+    def read_volume(self, case: str) -> RawVolume:
+        image_path, label_path = self.case_files(case)
+        hu = self.read_dicom_series(image_path) if self.layout == "dicom" else self.read_nifti(image_path)
+        labels = self.read_nifti(label_path)
+        if labels.shape != hu.shape:
+            raise self.error(f"colon mask has shape {labels.shape}, the image {hu.shape}", label_path)
+        colon = labels == self.colon_label if self.colon_label is not None else labels > 0
+        organs = None
+        if self.organ_names and self.layout == "totalsegmentator":
+            organs = np.zeros(hu.shape, bool)
+            for name in self.organ_names:
+                path = self.data_dir / case / "segmentations" / f"{name}.nii.gz"
+                if not path.is_file():
+                    raise self.error("missing organ mask (organ_names)", path)
+                organs |= self.read_nifti(path) > 0
+        return RawVolume(case, hu.astype(np.float32), colon.astype(np.uint8),
+                         None if organs is None else organs.astype(np.uint8))
 
     def prepare_data(self) -> None:
-        """Check the layout and fill the cache (MRF labels, resized slices) once."""
-        for split in ("train", "val", "test"):
-            for case in self.splits()[split]:
-                self.case_files(case)
+        """Check the layout, then fill the cache (MRF labels, resized slices) once, one scan in memory at a time."""
+        cases = [case for split in ("train", "val", "test") for case in self.splits()[split]]
+        for case in cases:
+            self.case_files(case)
+        for case in cases:
+            if self.cached(case) is None:
+                self.preprocess(self.read_volume(case))

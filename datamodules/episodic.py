@@ -263,8 +263,9 @@ class EpisodicVolumeDataModule(BaseDataModule):
     """Scans -> episodes for training, whole scans for validation and test (``mode: episodes``), or 2D slices
     throughout (``mode: slices``, for slice-wise baselines on the same data).
 
-    Subclasses implement ``raw_volumes(split) -> list[RawVolume]`` for ``split`` in train/val/test (and may set
-    ``cache_root`` to cache the preprocessed scans) and ``initial_label_fn()`` (default: the MRF of Guided-SET-DCL).
+    Subclasses implement ``raw_volumes(split) -> list[RawVolume]`` for ``split`` in train/val/test, or
+    ``volume_names(split)`` and ``read_volume(name)`` (then a cached scan is never read), may set ``cache_root`` to cache
+    the preprocessed scans, and may override ``initial_label_fn()`` (default: the MRF of Guided-SET-DCL).
 
     Args:
         image_size: slices are resized to ``image_size`` squared.
@@ -299,6 +300,14 @@ class EpisodicVolumeDataModule(BaseDataModule):
 
     # -- subclass hooks ----------------------------------------------------------------------------
     def raw_volumes(self, split: str) -> list[RawVolume]:
+        """The split's scans as read (an iterable: a generator keeps one raw scan in memory at a time)."""
+        return [self.read_volume(name) for name in self.volume_names(split) or []]
+
+    def volume_names(self, split: str) -> Optional[list[str]]:
+        """The split's scan names, when known before reading (then cached scans are never read: ``read_volume``)."""
+        return None
+
+    def read_volume(self, name: str) -> RawVolume:
         raise NotImplementedError
 
     def initial_label_fn(self):
@@ -324,12 +333,20 @@ class EpisodicVolumeDataModule(BaseDataModule):
         digest = hashlib.sha1(json.dumps(self.cache_settings(), sort_keys=True).encode()).hexdigest()[:10]
         return self.cache_root / digest / f"{name}.npz"
 
+    def cached(self, name: str) -> Optional[EpisodeVolume]:
+        """The preprocessed scan from the cache, or None."""
+        path = self._cache_path(name)
+        if path is None or not path.is_file():
+            return None
+        with np.load(path) as data:
+            return EpisodeVolume(name, data["image"], data["mask"], data["prior"], data["unrelated"],
+                                 int(data["start_slice"]))
+
     def preprocess(self, raw: RawVolume) -> EpisodeVolume:
+        cached = self.cached(raw.name)
+        if cached is not None:
+            return cached
         path = self._cache_path(raw.name)
-        if path is not None and path.is_file():
-            with np.load(path) as data:
-                return EpisodeVolume(raw.name, data["image"], data["mask"], data["prior"], data["unrelated"],
-                                     int(data["start_slice"]))
         volume = preprocess_volume(raw, self.image_size, self.hu_window, self.initial_label_fn(),
                                    self.unrelated_source, self.superpixel_rank)
         if path is not None and writable_dir(path.parent):
@@ -341,8 +358,16 @@ class EpisodicVolumeDataModule(BaseDataModule):
 
     def load_split(self, split: str) -> list[EpisodeVolume]:
         if split not in self.volumes:
-            self.volumes[split] = [self.preprocess(raw) for raw in self.raw_volumes(split)]
+            names = self.volume_names(split)
+            if names is None:
+                self.volumes[split] = [self.preprocess(raw) for raw in self.raw_volumes(split)]
+            else:
+                self.volumes[split] = [self._cached_or_read(name) for name in names]
         return self.volumes[split]
+
+    def _cached_or_read(self, name: str) -> EpisodeVolume:
+        cached = self.cached(name)
+        return cached if cached is not None else self.preprocess(self.read_volume(name))
 
     def setup(self, stage: Optional[str] = None) -> None:
         splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}

@@ -127,17 +127,18 @@ def test_totalsegmentator_layout_orientation_split_and_cache(tmp_path):
                                episodes_per_epoch=4)
     module.prepare_data()
     assert module.splits() == {"train": ["s0000", "s0001", "s0002"], "val": ["s0003"], "test": ["s0004"]}
-    raw = module.raw_volumes("test")[0]
+    raw = module.read_volume("s0004")
     assert raw.hu.shape == (12, 24, 24)  # (D, H, W): axis 0 = RAS z, inferior first
     assert raw.labels[:6].any() and not raw.labels[6:].any()
     assert raw.organs is not None and raw.organs[7:].any()
     assert (raw.hu[:, :, :2] == -1000).all() and (raw.hu[:, :, 2:4] == -100).all()  # columns follow RAS x
     assert raw.labels[0, 12:16, 10:14].all() and raw.labels[0].sum() == 16  # rows run against RAS y: anterior up
+    cached = list((tmp_path / ".cache_setdcl").rglob("*.npz"))
+    assert len(cached) == 5  # prepare_data preprocessed every scan once
+    module.read_volume = None  # from here on the scans come from the cache, never read again
     module.setup("fit")
     episode = module.train_set[0]
     assert episode[keys.IMAGE].shape == (1, 16, 16)
-    cached = list((tmp_path / ".cache_setdcl").rglob("*.npz"))
-    assert len(cached) == 4  # train and val scans preprocessed once
     again = ColonCTDataModule(str(tmp_path), image_size=16, organ_names=["liver"], mrf_erosion=0, mrf_dilation=0)
     again.setup("validate")
     assert np.array_equal(again.val_set.volumes[0].prior, module.val_set.volumes[0].prior)
@@ -153,14 +154,14 @@ def test_pairs_layout_split_file_and_errors(tmp_path):
                                  "test": ["p4_prone"]}))
     module = ColonCTDataModule(str(tmp_path), layout="pairs", colon_label=14, split_file=str(split), image_size=16)
     assert module.splits()["test"] == ["p4_prone"]
-    assert module.raw_volumes("test")[0].labels.sum() == 4 * 4 * 6
+    assert module.read_volume("p4_prone").labels.sum() == 4 * 4 * 6
     grouped = ColonCTDataModule(str(tmp_path), layout="pairs", patient_pattern=r"(p\d+)_", test_fraction=0.25,
                                 val_fraction=0.25)
     splits = grouped.splits()
     assert sum(c.startswith("p1_") for c in splits["train"]) in (0, 2)  # prone and supine stay together
     (tmp_path / "labels" / "p4_prone.nii.gz").unlink()
     with pytest.raises(DatasetError, match="missing file") as error:
-        module.raw_volumes("test")
+        module.prepare_data()
     assert "labels/p4_prone.nii.gz" in str(error.value) and "setdcl_demo.yaml" in str(error.value)
     with pytest.raises(DatasetError, match="does not exist"):
         ColonCTDataModule(str(tmp_path / "nowhere")).prepare_data()
