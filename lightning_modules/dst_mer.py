@@ -364,9 +364,12 @@ def lbp_top_features(frames, blocks: int = 5, radius: int = 1, points: int = 8):
     volume = np.asarray(frames, dtype=np.float32)
     T, H, W = volume.shape
     bins = points * (points - 1) + 3
-    codes = {"xy": np.stack([local_binary_pattern(volume[t], points, radius, "nri_uniform") for t in range(T)]),
-             "xt": np.stack([local_binary_pattern(volume[:, y, :], points, radius, "nri_uniform") for y in range(H)], 1),
-             "yt": np.stack([local_binary_pattern(volume[:, :, x], points, radius, "nri_uniform") for x in range(W)], 2)}
+    def lbp(plane):
+        return local_binary_pattern(plane, points, radius, "nri_uniform")
+
+    codes = {"xy": np.stack([lbp(volume[t]) for t in range(T)]),
+             "xt": np.stack([lbp(volume[:, y, :]) for y in range(H)], 1),
+             "yt": np.stack([lbp(volume[:, :, x]) for x in range(W)], 2)}
     rows, cols = np.array_split(np.arange(H), blocks), np.array_split(np.arange(W), blocks)
     features = []
     for r in rows:
