@@ -4,8 +4,8 @@ stand-in (HR-TRACK, Birla et al., ICPR 2024, Sect. 2.1-2.4).
 Two levels of work, so that no video is decoded in a loader's hot path:
 
 1. ``prepare_data`` decodes each video once into a ``VideoRecord`` cached as ``<cache>/<video>.npz``: the mean green
-   intensity of every ``block_size`` x ``block_size`` pixel block of every frame on the frame's block grid (cropped to
-   the blocks the face ever covers), the 68 facial landmarks per frame (iBUG/dlib order, pixels), 18 action-unit
+   (and red, blue) intensity of every ``block_size`` x ``block_size`` pixel block of every frame on the frame's block
+   grid (cropped to the blocks the face ever covers), the 68 facial landmarks per frame (iBUG/dlib order, pixels), 18 action-unit
    features per frame and the reference PPG resampled to the frame times.
 2. ``setup`` cuts each record into clips (``clip_seconds``, ``step_seconds``) and computes, per clip (Sect. 2.2-2.3):
    the ROI = convex hull of landmarks 2-6, 7-11, 12-16 and 29 (1-based) of the clip's first frame, eroded by an
@@ -22,7 +22,8 @@ HR leaves ``hr_range`` (42-240 bpm) are masked out (``valid`` False).
 
 Batches (one item = one video's clips, padded to the batch's longest video): ``signal`` (B, n, C, f), ``pulse``
 (B, n, f), ``target`` (B, n) HR in bpm, ``valid`` (B, n) bool, ``num_clips`` (B,), ``sample_rate`` (B,) fps,
-``group`` (B,) video index, ``name``.
+``group`` (B,) video index, ``name``, and ``rgb`` (B, n, 3, f) the raw mean R, G, B of each clip's whole ROI (for the
+unsupervised baselines).
 
 Landmarks and AUs come from OpenFace (``FeatureExtraction -f <video> -out_dir <its folder>`` writes
 ``<video stem>.csv`` next to the video: ``x_0..x_67``, ``y_0..y_67``, ``AU01_r``...``AU45_r``, ``AU28_c``). OpenFace
@@ -48,7 +49,7 @@ from torch.utils.data import Dataset
 
 from datamodules.base import BaseDataModule, DatasetError, writable_dir
 from lightning_modules import batch as keys
-from lightning_modules.hr_track import NUM_CLIPS, PULSE, VALID
+from lightning_modules.hr_track import NUM_CLIPS, PULSE, RGB, VALID
 from lightning_modules.metrics.rppg import hr_from_pulse
 
 #: 0-based indices of the ROI landmarks (the paper's 1-based 2-6 left cheek, 7-11 chin, 12-16 right cheek, 29 nose).
@@ -64,7 +65,8 @@ NUM_AUS = 18
 class VideoRecord:
     """One decoded video: ``grid`` (T, Gh, Gw) float32 mean green per block, whose top-left block starts at pixel
     ``origin`` (x0, y0) of the frame; ``landmarks`` (T, 68, 2) float32 pixel (x, y); ``aus`` (T, 18) float32
-    (0-5); ``pulse`` (T,) float32 reference PPG at the frame times; ``fps``; ``block`` the block size in pixels."""
+    (0-5); ``pulse`` (T,) float32 reference PPG at the frame times; ``fps``; ``block`` the block size in pixels;
+    ``red_blue`` (T, 2, Gh, Gw) the red and blue block means (for the RGB baselines CHROM, POS, ICA), or None."""
 
     grid: np.ndarray
     origin: tuple
@@ -73,6 +75,7 @@ class VideoRecord:
     aus: np.ndarray
     pulse: np.ndarray
     fps: float
+    red_blue: Optional[np.ndarray] = None
 
     @property
     def frames(self) -> int:
@@ -81,37 +84,39 @@ class VideoRecord:
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.stem + ".tmp.npz")
+        extra = {} if self.red_blue is None else {"red_blue": self.red_blue}
         np.savez(tmp, grid=self.grid, origin=np.asarray(self.origin), block=self.block, landmarks=self.landmarks,
-                 aus=self.aus, pulse=self.pulse, fps=self.fps)
+                 aus=self.aus, pulse=self.pulse, fps=self.fps, **extra)
         tmp.replace(path)
 
     @classmethod
     def load(cls, path: Path) -> "VideoRecord":
         with np.load(path) as f:
             return cls(grid=f["grid"], origin=tuple(int(v) for v in f["origin"]), block=int(f["block"]),
-                       landmarks=f["landmarks"], aus=f["aus"], pulse=f["pulse"], fps=float(f["fps"]))
+                       landmarks=f["landmarks"], aus=f["aus"], pulse=f["pulse"], fps=float(f["fps"]),
+                       red_blue=f["red_blue"] if "red_blue" in f.files else None)
 
 
 def green_block_grid(green: np.ndarray, block: int) -> np.ndarray:
-    """(..., H, W) green channel -> (..., H // block, W // block) mean per block (Eq. 1 on the frame's grid)."""
+    """(..., H, W) channel(s) -> (..., H // block, W // block) mean per block (Eq. 1 on the frame's grid)."""
     h, w = green.shape[-2] // block * block, green.shape[-1] // block * block
     g = np.asarray(green[..., :h, :w], np.float32)
     return g.reshape(*g.shape[:-2], h // block, block, w // block, block).mean((-3, -1))
 
 
 def crop_record_grid(grid: np.ndarray, landmarks: np.ndarray, block: int, margin: int = 1) -> tuple[np.ndarray, tuple]:
-    """Crop a full-frame block grid (T, Gh, Gw) to the blocks the ROI landmarks ever cover (+ ``margin`` blocks):
-    returns (cropped grid, origin (x0, y0) in pixels)."""
+    """Crop a full-frame block grid (T, ..., Gh, Gw) to the blocks the ROI landmarks ever cover (+ ``margin``
+    blocks): returns (cropped grid, origin (x0, y0) in pixels)."""
     pts = landmarks[:, list(ROI_LANDMARKS)].reshape(-1, 2)
     pts = pts[np.isfinite(pts).all(1)]
-    gh, gw = grid.shape[1:]
+    gh, gw = grid.shape[-2:]
     if not len(pts):
         return grid, (0, 0)
     x0 = int(np.clip(np.floor(pts[:, 0].min() / block) - margin, 0, gw - 1))
     y0 = int(np.clip(np.floor(pts[:, 1].min() / block) - margin, 0, gh - 1))
     x1 = int(np.clip(np.ceil(pts[:, 0].max() / block) + margin, x0 + 1, gw))
     y1 = int(np.clip(np.ceil(pts[:, 1].max() / block) + margin, y0 + 1, gh))
-    return np.ascontiguousarray(grid[:, y0:y1, x0:x1]), (x0 * block, y0 * block)
+    return np.ascontiguousarray(grid[..., y0:y1, x0:x1]), (x0 * block, y0 * block)
 
 
 def roi_block_mask(landmarks: np.ndarray, grid_shape: Sequence[int], origin: Sequence[int], block: int,
@@ -186,7 +191,7 @@ def resample_record(record: VideoRecord, factor: float) -> VideoRecord:
 
     return VideoRecord(grid=interp(record.grid), origin=record.origin, block=record.block,
                        landmarks=interp(record.landmarks), aus=interp(record.aus), pulse=interp(record.pulse),
-                       fps=record.fps)
+                       fps=record.fps, red_blue=None if record.red_blue is None else interp(record.red_blue))
 
 
 @dataclass
@@ -216,10 +221,14 @@ def video_clips(record: VideoRecord, settings: ClipSettings, seed: int = 0) -> d
     rows = settings.num_traces + (NUM_AUS if settings.use_aus else 0)
     signal = np.zeros((len(starts), rows, f), np.float32)
     rng = np.random.default_rng(seed)
+    rgb = None if record.red_blue is None else np.zeros((len(starts), 3, f), np.float32)
     for i, s in enumerate(starts):
         mask = roi_block_mask(record.landmarks[s], record.grid.shape[1:], record.origin, record.block,
                               settings.erosion)
         traces = record.grid[s:s + f][:, mask].T.astype(np.float64)  # (K, f)
+        if rgb is not None and mask.any():  # raw mean colour of the whole ROI (the RGB baselines' input)
+            rb = record.red_blue[s:s + f][:, :, mask].mean(-1)
+            rgb[i] = np.stack([rb[:, 0], traces.mean(0), rb[:, 1]])
         if len(traces):
             traces = detrend(bandpass(traces, record.fps, settings.band, settings.filter_order),
                              settings.detrend_lambda)
@@ -237,7 +246,10 @@ def video_clips(record: VideoRecord, settings: ClipSettings, seed: int = 0) -> d
     else:
         pulse, hr = np.zeros((0, f), np.float32), np.zeros(0, np.float32)
     valid = (hr >= settings.hr_range[0]) & (hr <= settings.hr_range[1])
-    return {"signal": signal, "pulse": pulse, "target": hr, "valid": valid, "fps": np.float32(record.fps)}
+    out = {"signal": signal, "pulse": pulse, "target": hr, "valid": valid, "fps": np.float32(record.fps)}
+    if rgb is not None:
+        out["rgb"] = rgb
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ datasets
@@ -255,14 +267,17 @@ class ClipSequences(Dataset):
         return {keys.SIGNAL: torch.from_numpy(v["signal"]), PULSE: torch.from_numpy(v["pulse"]),
                 keys.TARGET: torch.from_numpy(v["target"]), VALID: torch.from_numpy(v["valid"]),
                 NUM_CLIPS: torch.tensor(len(v["target"])), keys.SAMPLE_RATE: torch.tensor(float(v["fps"])),
-                keys.GROUP: torch.tensor(index), keys.NAME: self.names[index]}
+                keys.GROUP: torch.tensor(index), keys.NAME: self.names[index],
+                **({RGB: torch.from_numpy(v["rgb"])} if "rgb" in v else {})}
 
 
 def collate_clip_sequences(items: list[dict]) -> dict:
     """Pad every video to the batch's most clips (padding: zeros, ``valid`` False)."""
     n = max(int(item[NUM_CLIPS]) for item in items)
     out = {}
-    for key in (keys.SIGNAL, PULSE, keys.TARGET, VALID):
+    for key in (keys.SIGNAL, PULSE, keys.TARGET, VALID, RGB):
+        if key not in items[0]:
+            continue
         out[key] = torch.stack([torch.nn.functional.pad(item[key], (0, 0) * (item[key].dim() - 1)
                                                         + (0, n - item[key].shape[0])) for item in items])
     for key in (NUM_CLIPS, keys.SAMPLE_RATE, keys.GROUP):
@@ -486,8 +501,8 @@ def read_openface_csv(path: Path, frames: int) -> tuple[np.ndarray, np.ndarray]:
     return landmarks, aus
 
 
-def decode_green_grid(path: Path, block: int) -> tuple[np.ndarray, float, int, int]:
-    """Decode a video with OpenCV into its (T, H // block, W // block) green block means; also fps, width,
+def decode_block_grids(path: Path, block: int) -> tuple[np.ndarray, float, int, int]:
+    """Decode a video with OpenCV into its (T, 3, H // block, W // block) RGB block means; also fps, width,
     height. Frames are read one at a time (no frame is kept)."""
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
@@ -500,7 +515,7 @@ def decode_green_grid(path: Path, block: int) -> tuple[np.ndarray, float, int, i
         if not ok:
             break
         height, width = frame.shape[:2]
-        grids.append(green_block_grid(frame[..., 1], block))  # OpenCV frames are BGR
+        grids.append(green_block_grid(frame[..., ::-1].transpose(2, 0, 1), block))  # OpenCV frames are BGR
     capture.release()
     if not grids:
         raise DatasetError("Video has no decodable frame", path=path)
@@ -516,10 +531,11 @@ def interpolate_reference(times: np.ndarray, values: np.ndarray, frames: int, fp
 def decode_video_record(module: RPPGDataModule, video: Path, times: np.ndarray, values: np.ndarray,
                         default_fps: float) -> VideoRecord:
     """Decode + landmarks/AUs + reference at frame times, grid cropped to the face: the common real-data path."""
-    grid, fps, width, height = decode_green_grid(video, module.block_size)
+    grids, fps, width, height = decode_block_grids(video, module.block_size)
     fps = fps if fps > 1 else default_fps
-    landmarks, aus = module.landmarks_and_aus(video, len(grid), width, height)
-    grid, origin = crop_record_grid(grid, landmarks, module.block_size)
-    pulse = interpolate_reference(times, values, len(grid), fps)
-    return VideoRecord(grid=grid, origin=origin, block=module.block_size, landmarks=landmarks, aus=aus, pulse=pulse,
-                       fps=fps)
+    landmarks, aus = module.landmarks_and_aus(video, len(grids), width, height)
+    grids, origin = crop_record_grid(grids, landmarks, module.block_size)
+    pulse = interpolate_reference(times, values, len(grids), fps)
+    return VideoRecord(grid=np.ascontiguousarray(grids[:, 1]), origin=origin, block=module.block_size,
+                       landmarks=landmarks, aus=aus, pulse=pulse, fps=fps,
+                       red_blue=np.ascontiguousarray(grids[:, [0, 2]]))

@@ -39,6 +39,8 @@ from lightning_modules.tasks.base import BaseTask
 #: int64 (the rest is padding). The input is ``signal`` (B, n, C, f), the per-clip HR ``target`` (B, n), the
 #: frame rate ``sample_rate`` (B,).
 PULSE, VALID, NUM_CLIPS = "pulse", "valid", "num_clips"
+#: the raw mean colour of each clip's ROI (B, n, 3, f), R, G, B: the input of the RGB baselines (CHROM, POS, ICA).
+RGB = "rgb"
 
 
 class AveragedConvBlock(nn.Module):
@@ -175,6 +177,8 @@ class HRTrackTask(BaseTask):
         soft_temperature: of the soft-argmax HR in stage 3.
         hr_scale: HR losses are L1 on HR / hr_scale.
         num_traces: the input's first rows that are ROI traces (the GREEN baseline averages them).
+        rgb_baselines: unsupervised baselines scored at test from the batch's ``rgb`` (when the data gives it):
+            any of "chrom", "pos", "ica" (``lightning_modules.rppg_baselines``), logged as ``test/<metric>_<name>``.
         figure: a test figure of true and predicted HR along the first test videos.
     """
 
@@ -185,7 +189,8 @@ class HRTrackTask(BaseTask):
                  stage_epochs: Sequence[int] = (200, 100, 50), stage3_lr: float = 1e-4,
                  mr_loss: Literal["l1", "gce"] = "l1", gce_q: float = 0.7, nfft: int = 2048,
                  band: Sequence[float] = (0.7, 4.0), snr_window_bpm: float = 6.0, soft_temperature: float = 0.1,
-                 hr_scale: float = 100.0, num_traces: int = 20, figure: bool = True,
+                 hr_scale: float = 100.0, num_traces: int = 20,
+                 rgb_baselines: Sequence[str] = ("chrom", "pos", "ica"), figure: bool = True,
                  optimizer: OptimizerCallable = torch.optim.Adam, lr_scheduler: Optional[LRSchedulerCallable] = None,
                  scheduler_interval: Literal["epoch", "step"] = "epoch", input_key: str = keys.SIGNAL,
                  target_key: str = keys.TARGET, pulse_key: str = PULSE, valid_key: str = VALID,
@@ -204,13 +209,17 @@ class HRTrackTask(BaseTask):
         self.nfft, self.band, self.snr_window_bpm = nfft, tuple(band), snr_window_bpm
         self.soft_temperature, self.hr_scale, self.figure = soft_temperature, hr_scale, figure
         self.num_traces = num_traces
+        unknown = set(rgb_baselines) - {"chrom", "pos", "ica"}
+        if unknown:
+            raise ValueError(f"rgb_baselines must be among chrom, pos, ica; got {sorted(unknown)}")
+        self.rgb_baselines = list(rgb_baselines)
         self.input_key, self.target_key, self.pulse_key = input_key, target_key, pulse_key
         self.valid_key, self.num_clips_key, self.fps_key = valid_key, num_clips_key, fps_key
         self.register_buffer("train_target_mean", torch.tensor(float("nan")))
         self._stage: Optional[int] = None
         self._base_lrs: list[float] = []
-        self.outputs = nn.ModuleDict({stage: nn.ModuleDict({name: CatMetric() for name in
-                                                            ("hr", "hr_raw", "hr_green", "target", "video")})
+        names = ("hr", "hr_raw", "hr_green", "target", "video", *(f"hr_{b}" for b in self.rgb_baselines))
+        self.outputs = nn.ModuleDict({stage: nn.ModuleDict({name: CatMetric() for name in names})
                                       for stage in ("val", "test")})
 
     # -- stages -------------------------------------------------------------------------------------------
@@ -345,15 +354,32 @@ class HRTrackTask(BaseTask):
         for name, value in (("hr", out["hr"]), ("hr_raw", out["hr_raw"]), ("hr_green", green),
                             ("target", batch[self.target_key]), ("video", video)):
             metrics[name].update(value[valid].float())
+        if stage == "test" and RGB in batch:
+            from lightning_modules.rppg_baselines import BASELINES
+
+            rgb = batch[RGB][valid].detach().cpu().double().numpy()
+            fps_valid = fps[valid].cpu()
+            for name in self.rgb_baselines:
+                hr = torch.zeros(len(rgb))
+                for rate in fps_valid.unique():  # the baselines take one frame rate at a time
+                    rows = (fps_valid == rate).numpy()
+                    pulse = torch.from_numpy(BASELINES[name](rgb[rows], float(rate)))
+                    hr[torch.from_numpy(rows)] = hr_from_pulse(pulse, float(rate), self.nfft, self.band)[0]
+                metrics[f"hr_{name}"].update(hr.to(x.device))
 
     def _log_errors(self, stage: str) -> dict[str, torch.Tensor]:
         metrics = self.outputs[stage]
-        values = {name: metric.compute() for name, metric in metrics.items()}
+        values = {name: metric.compute() for name, metric in metrics.items() if metric.update_called}
         for metric in metrics.values():
             metric.reset()
+        if "target" not in values:  # no batch this epoch
+            return values
         target = values["target"]
         logged = {}
-        for suffix, name in (("", "hr"), ("_raw", "hr_raw"), ("_green", "hr_green")):
+        pairs = [("", "hr"), ("_raw", "hr_raw"), ("_green", "hr_green")]
+        pairs += [(f"_{b}", f"hr_{b}") for b in self.rgb_baselines
+                  if f"hr_{b}" in values and values[f"hr_{b}"].numel() == target.numel()]
+        for suffix, name in pairs:
             for metric, value in hr_errors(values[name], target).items():
                 logged[f"{stage}/{metric}{suffix}"] = value
         if torch.isfinite(self.train_target_mean):
@@ -380,7 +406,7 @@ class HRTrackTask(BaseTask):
 
     def on_test_epoch_end(self) -> None:
         values = self._log_errors("test")
-        if self.figure and self.trainer.is_global_zero and values["target"].numel():
+        if self.figure and self.trainer.is_global_zero and "target" in values and values["target"].numel():
             self.log_figure("test/hr_tracks", hr_track_figure(values))
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:

@@ -135,6 +135,31 @@ def test_hr_errors_match_numpy_and_scipy():
     assert out["r"].item() == pytest.approx(stats.pearsonr(pred, target)[0], rel=1e-5)
 
 
+def test_chrom_and_pos_cancel_an_intensity_change_that_fools_green_and_ica_finds_the_pulse():
+    """Skin colour x (1 + pulse in the blood-volume direction + a stronger in-band intensity change on all channels
+    alike): GREEN reads the intensity's 150 bpm, CHROM and POS (built to cancel it) read the 72 bpm pulse."""
+    from lightning_modules.rppg_baselines import chrom_pulse, ica_pulse, pos_pulse
+
+    rng = np.random.default_rng(3)
+    fps, f = 30.0, 120
+    t = np.arange(f) / fps
+    skin = np.array([180.0, 130.0, 100.0])
+    signature = np.array([0.33, 0.77, 0.53])  # the blood-volume pulse's relative strength in R, G, B
+    pulse = np.sin(2 * np.pi * 72 / 60 * t)
+    intensity = np.sin(2 * np.pi * 150 / 60 * t + 0.4)
+    rgb = skin[None, :, None] * (1 + 0.004 * signature[None, :, None] * pulse + 0.006 * intensity)
+    rgb = rgb + rng.normal(0, 0.02, (4, 3, f))
+    green, _ = hr_from_pulse(torch.tensor(rgb[:, 1]), fps)
+    assert (green - 150).abs().max() < 2
+    for method in (chrom_pulse, pos_pulse):
+        hr, _ = hr_from_pulse(torch.tensor(method(rgb, fps)), fps)
+        assert (hr - 72).abs().max() < 2, method.__name__
+    # ICA: the pulse and the intensity change are independent sources; one of the three unmixed sources is the
+    # pulse, the other the intensity: the chosen (most peaked) source is one of them
+    hr, _ = hr_from_pulse(torch.tensor(ica_pulse(rgb, fps)), fps)
+    assert ((hr - 72).abs() < 2).logical_or((hr - 150).abs() < 2).all()
+
+
 # -- the task --------------------------------------------------------------------------------------------------
 def test_stage_schedule_and_no_mr_tcn_ablation():
     task = HRTrackTask(RPPGTCN(), MRTCN(), stage_epochs=(3, 2, 1))
@@ -199,6 +224,7 @@ def test_demo_learns_and_reloads(tmp_path):
     # seen here: MAE 1.3 (raw 0.9, GREEN 9.7, training mean 26.9), r 0.99
     assert metrics["test/mae"] < 0.25 * metrics["test/mae_mean_baseline"], metrics
     assert metrics["test/mae_raw"] < 0.5 * metrics["test/mae_green"] and metrics["test/r"] > 0.8, metrics
+    assert {"test/mae_chrom", "test/mae_pos", "test/mae_ica"} <= set(metrics)  # the RGB baselines are scored
     assert (run_dir / "figures" / "test_hr_tracks.png").is_file()
     # the pulse loss fell: untrained vs trained rPPG-TCN on a training batch
     batch = next(iter(cli.datamodule.train_dataloader()))

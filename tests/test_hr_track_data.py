@@ -200,6 +200,8 @@ def test_ubfc_reads_the_layout_caches_and_splits_by_subject_number(tmp_path, vid
     green, _ = hr_from_pulse(item["signal"][:, :20].mean(1), 30.0)
     assert (green - item["target"]).abs().max() < 10
     assert item["signal"][:, 20:].abs().sum() > 0  # AUs from the CSV
+    # the ROI's mean colour for the RGB baselines: skin-coloured (R > G > B) and carrying the green traces' mean
+    assert item["rgb"].shape == (2, 3, 120) and (item["rgb"][:, 0] > item["rgb"][:, 2]).all()
 
 
 def test_ubfc_errors_name_the_missing_file_and_the_standin(tmp_path, videos):

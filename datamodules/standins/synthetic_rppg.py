@@ -156,7 +156,8 @@ class SyntheticRPPGDataModule(RPPGDataModule):
     def decode(self, entry: VideoEntry) -> VideoRecord:
         index = int(entry.name.rsplit("_", 1)[1])
         video = synthetic_rppg_video(seed=self.seed * 10_000 + index, **self.generator)
-        grid = green_block_grid(video["frames"][..., 1], self.block_size)
-        grid, origin = crop_record_grid(grid, video["landmarks"], self.block_size)
-        return VideoRecord(grid=grid, origin=origin, block=self.block_size, landmarks=video["landmarks"],
-                           aus=video["aus"], pulse=video["pulse"], fps=video["fps"])
+        grids = green_block_grid(video["frames"].transpose(0, 3, 1, 2), self.block_size)  # (T, 3, Gh, Gw)
+        grids, origin = crop_record_grid(grids, video["landmarks"], self.block_size)
+        return VideoRecord(grid=np.ascontiguousarray(grids[:, 1]), origin=origin, block=self.block_size,
+                           landmarks=video["landmarks"], aus=video["aus"], pulse=video["pulse"], fps=video["fps"],
+                           red_blue=np.ascontiguousarray(grids[:, [0, 2]]))
