@@ -19,6 +19,8 @@ Input: a clip ``video`` (B, T, 6, H, W), T = 17 frames around the apex; channels
   ``select_best: false`` (the paper: a fixed 100 epochs per LOSO fold), tests the last epoch's weights.
 - ``pooled_loso``: the study hook that pools the predictions of all LOSO folds of an entry and scores them once
   (UF1, UAR, Acc: the MEGC convention the paper's tables follow).
+- ``lbp_top_features``: the handcrafted LBP-TOP baseline's descriptor (``benchmarks/dst_mer_lbptop.py`` runs it with
+  a linear SVM over the same LOSO folds).
 """
 from __future__ import annotations
 
