@@ -238,7 +238,7 @@ class HRTrackTask(BaseTask):
         """Whether evaluation passes the HRs through MR-TCN (it has been, or is being, trained)."""
         if self.mr_net is None:
             return False
-        if self._trainer is not None and self.trainer.training:
+        if self._trainer is not None and self.trainer.state.fn == "fit":  # training and validation during fit
             return self.stage >= 2
         return self.stage_epochs[1] + self.stage_epochs[2] > 0
 
