@@ -189,6 +189,10 @@ def test_standin_learns(tmp_path):
         rows = list(csv.DictReader(file))
     assert len(rows) == len(cli.datamodule.test_set) == 15 and {r["group"] for r in rows} == {"0"}
     assert torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=False)["epoch"] == 9  # the last epoch
+    from lightning_modules.dst_mer import DSTTask
+
+    reloaded = DSTTask.load_from_checkpoint(run_dir / "checkpoints" / "best.ckpt").eval()
+    assert reloaded.select_best is False and reloaded.network.num_frames == 9
     data = cli.datamodule.train_set
     # every third training clip, without augmentation
     batch = {"video": torch.from_numpy(data.clips[::3]).float() / 127.5 - 1, "label": data.labels[::3]}
@@ -196,6 +200,7 @@ def test_standin_learns(tmp_path):
     untrained = DST(num_frames=9, img_size=48, **{k: v for k, v in TINY.items() if k != "img_size"}).eval()
     model = cli.model.eval()
     with torch.no_grad():
+        assert torch.allclose(reloaded(batch["video"]), model(batch["video"]), atol=1e-5)
         assert F.cross_entropy(model(batch["video"]), batch["label"]) < 0.8 * F.cross_entropy(
             untrained(batch["video"]), batch["label"])
 
