@@ -93,10 +93,10 @@ class ColonCTDataModule(EpisodicVolumeDataModule):
                  gamma_range: Optional[Sequence[float]] = None,
                  unrelated_source: Literal["auto", "organs", "superpixel"] = "auto", superpixel_rank: int = 2,
                  mrf_erosion: int = 4, mrf_dilation: int = 3, batch_size: int = 1, num_workers: int = 0,
-                 pin_memory: Optional[bool] = None) -> None:
+                 pin_memory: Optional[bool] = None, geometric: bool = False) -> None:
         super().__init__(image_size, hu_window, mode, episodes_per_epoch, neighbour, n_unrelated, support_mode,
                          gamma_range, unrelated_source, superpixel_rank, mrf_erosion, mrf_dilation, batch_size,
-                         num_workers, pin_memory)
+                         num_workers, pin_memory, geometric)
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {sorted(LAYOUTS)}, got {layout!r}")
         self.data_dir = Path(os.path.expanduser(str(data_dir)))

@@ -152,11 +152,13 @@ class EpisodeDataset(Dataset):
             scans when it has none).
         support_mode: ``neighbour`` (sequential episodes) or ``random`` (any other foreground slice of the scan).
         gamma_range: random gamma of all the episode's images (one draw per episode), ``None``: no augmentation.
+        geometric: a random affine + elastic warp (``random_warp``), one shared by support, query and prior, one per
+            negative.
     """
 
     def __init__(self, volumes: Sequence[EpisodeVolume], episodes_per_epoch: int = 1000, neighbour: int = 1,
                  n_unrelated: int = 3, support_mode: Literal["neighbour", "random"] = "neighbour",
-                 gamma_range: Optional[Sequence[float]] = None) -> None:
+                 gamma_range: Optional[Sequence[float]] = None, geometric: bool = False) -> None:
         if neighbour < 1 or n_unrelated < 0 or episodes_per_epoch < 1:
             raise ValueError("neighbour and episodes_per_epoch must be >= 1 and n_unrelated >= 0")
         if support_mode not in ("neighbour", "random"):
@@ -165,6 +167,7 @@ class EpisodeDataset(Dataset):
         self.episodes_per_epoch, self.neighbour, self.n_unrelated = episodes_per_epoch, neighbour, n_unrelated
         self.support_mode = support_mode
         self.gamma_range = None if gamma_range is None else tuple(float(g) for g in gamma_range)
+        self.geometric = geometric
         # (volume, support slice) pairs that have at least one admissible query
         self.pairs: list[tuple[int, int, np.ndarray]] = []
         for v, volume in enumerate(self.volumes):
@@ -197,25 +200,60 @@ class EpisodeDataset(Dataset):
         query = int(rng.choice(queries))
         volume = self.volumes[v]
         gamma = 1.0 if self.gamma_range is None else float(np.exp(rng.uniform(*np.log(self.gamma_range))))
+        warp = (lambda images, masks: random_warp(images, masks, rng)) if self.geometric else (lambda i, m: (i, m))
 
-        def image(vol: EpisodeVolume, z: int) -> torch.Tensor:
-            return torch.from_numpy(np.clip(vol.image[z], 0, 1) ** gamma)[None].float()
+        def image(array: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.clip(array, 0, 1) ** gamma)[None].float()
 
         def mask(array: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.asarray(array, np.float32))[None]
 
+        # support, query and the query's prior share one warp (their slice-to-slice correspondence is the signal)
+        (s_img, q_img), (s_mask, q_mask, prior) = warp([volume.image[support], volume.image[query]],
+                                                       [volume.mask[support], volume.mask[query], volume.prior[query]])
         negatives = self._negatives(v, rng) if self.n_unrelated else []
+        negative_images, negative_masks = [], []
+        for u, z in negatives:
+            (n_img,), (n_mask,) = warp([self.volumes[u].image[z]], [self.volumes[u].unrelated[z]])
+            negative_images.append(image(n_img))
+            negative_masks.append(mask(n_mask))
         size = volume.image.shape[1:]
         return {
-            keys.SUPPORT_IMAGE: image(volume, support), keys.SUPPORT_MASK: mask(volume.mask[support]),
-            keys.IMAGE: image(volume, query), keys.MASK: mask(volume.mask[query]),
-            keys.PRIOR: mask(volume.prior[query]),
-            keys.NEGATIVE_IMAGE: (torch.stack([image(self.volumes[u], z) for u, z in negatives]) if negatives
-                                  else torch.zeros(0, 1, *size)),
-            keys.NEGATIVE_MASK: (torch.stack([mask(self.volumes[u].unrelated[z]) for u, z in negatives]) if negatives
-                                 else torch.zeros(0, 1, *size)),
+            keys.SUPPORT_IMAGE: image(s_img), keys.SUPPORT_MASK: mask(s_mask),
+            keys.IMAGE: image(q_img), keys.MASK: mask(q_mask), keys.PRIOR: mask(prior),
+            keys.NEGATIVE_IMAGE: torch.stack(negative_images) if negatives else torch.zeros(0, 1, *size),
+            keys.NEGATIVE_MASK: torch.stack(negative_masks) if negatives else torch.zeros(0, 1, *size),
             keys.NAME: f"{volume.name}_s{support:03d}_q{query:03d}",
         }
+
+
+def random_warp(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], rng: np.random.Generator,
+                rotate: float = 5.0, shift: float = 5.0, shear: float = 5.0, scale: Sequence[float] = (0.9, 1.2),
+                elastic_alpha: float = 10.0, elastic_sigma: float = 5.0) -> tuple[list, list]:
+    """One random affine (rotation, shift in px, shear in degrees, scale) plus an elastic displacement (Gaussian-
+    smoothed noise, ``alpha`` px, ``sigma`` px) applied to every (H, W) array alike: images bilinear (edges
+    replicated), masks nearest (zeros outside). SSL-ALPNet's ``sabs_aug`` parameters, as the released code uses."""
+    from scipy import ndimage
+
+    height, width = images[0].shape if images else masks[0].shape
+    angle, shear_angle = np.deg2rad(rng.uniform(-rotate, rotate)), np.deg2rad(rng.uniform(-shear, shear))
+    factor = rng.uniform(*scale)
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    matrix = rotation @ np.array([[1.0, np.tan(shear_angle)], [0.0, 1.0]]) / factor  # output -> input coordinates
+    offset = rng.uniform(-shift, shift, 2)
+    yy, xx = np.meshgrid(np.arange(height, dtype=np.float64), np.arange(width, dtype=np.float64), indexing="ij")
+    centre = np.array([(height - 1) / 2, (width - 1) / 2])
+    coords = np.einsum("ij,jhw->ihw", matrix, np.stack([yy, xx]) - centre[:, None, None])
+    coords += (centre + offset)[:, None, None]
+    if elastic_alpha > 0:
+        for axis in range(2):
+            noise = ndimage.gaussian_filter(rng.uniform(-1, 1, (height, width)), elastic_sigma)
+            coords[axis] += elastic_alpha * noise / max(np.abs(noise).max(), 1e-8)
+    warped_images = [ndimage.map_coordinates(np.asarray(a, np.float32), coords, order=1, mode="nearest")
+                     for a in images]
+    warped_masks = [ndimage.map_coordinates(np.asarray(m, np.float32), coords, order=0, mode="constant").round()
+                    .astype(np.uint8) for m in masks]
+    return warped_images, warped_masks
 
 
 class EpisodeVolumeDataset(Dataset):
@@ -264,14 +302,14 @@ class EpisodicVolumeDataModule(BaseDataModule):
     throughout (``mode: slices``, for slice-wise baselines on the same data).
 
     Subclasses implement ``raw_volumes(split) -> list[RawVolume]`` for ``split`` in train/val/test, or
-    ``volume_names(split)`` and ``read_volume(name)`` (then a cached scan is never read), may set ``cache_root`` to cache
-    the preprocessed scans, and may override ``initial_label_fn()`` (default: the MRF of Guided-SET-DCL).
+    ``volume_names(split)`` and ``read_volume(name)`` (then a cached scan is never read), may set ``cache_root`` to
+    cache the preprocessed scans, and may override ``initial_label_fn()`` (default: the MRF of Guided-SET-DCL).
 
     Args:
         image_size: slices are resized to ``image_size`` squared.
         hu_window: the HU range mapped to [0, 1].
         mode: ``episodes`` or ``slices``.
-        episodes_per_epoch, neighbour, n_unrelated, support_mode, gamma_range: see ``EpisodeDataset``.
+        episodes_per_epoch, neighbour, n_unrelated, support_mode, gamma_range, geometric: see ``EpisodeDataset``.
         unrelated_source: the negatives' masks: ``organs``, ``superpixel`` or ``auto`` (organs when a scan has them).
         superpixel_rank: which superpixel (by size) is the unrelated structure (1 = dominant, 2 = the code's).
         mrf_erosion, mrf_dilation: the MRF's per-slice erosion and dilation iterations (at the native resolution).
@@ -286,13 +324,13 @@ class EpisodicVolumeDataModule(BaseDataModule):
                  gamma_range: Optional[Sequence[float]] = None,
                  unrelated_source: Literal["auto", "organs", "superpixel"] = "auto", superpixel_rank: int = 2,
                  mrf_erosion: int = 4, mrf_dilation: int = 3, batch_size: int = 1, num_workers: int = 0,
-                 pin_memory: Optional[bool] = None) -> None:
+                 pin_memory: Optional[bool] = None, geometric: bool = False) -> None:
         if mode not in ("episodes", "slices"):
             raise ValueError(f"mode must be 'episodes' or 'slices', got {mode!r}")
         super().__init__(batch_size, num_workers, pin_memory, eval_batch_size=1 if mode == "episodes" else batch_size)
         self.image_size, self.hu_window, self.mode = int(image_size), tuple(float(h) for h in hu_window), mode
         self.episodes_per_epoch, self.neighbour, self.n_unrelated = episodes_per_epoch, neighbour, n_unrelated
-        self.support_mode, self.gamma_range = support_mode, gamma_range
+        self.support_mode, self.gamma_range, self.geometric = support_mode, gamma_range, geometric
         self.unrelated_source, self.superpixel_rank = unrelated_source, superpixel_rank
         self.mrf_erosion, self.mrf_dilation = mrf_erosion, mrf_dilation
         self.cache_root: Optional[Path] = None
@@ -377,7 +415,7 @@ class EpisodicVolumeDataModule(BaseDataModule):
                 dataset = SliceDataset(volumes)
             elif split == "train":
                 dataset = EpisodeDataset(volumes, self.episodes_per_epoch, self.neighbour, self.n_unrelated,
-                                         self.support_mode, self.gamma_range)
+                                         self.support_mode, self.gamma_range, self.geometric)
             else:
                 dataset = EpisodeVolumeDataset(volumes)
             setattr(self, f"{split}_set", dataset)

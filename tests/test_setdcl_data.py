@@ -57,6 +57,30 @@ def test_episodes_are_reproducible_under_the_torch_seed():
     assert [dataset[i][keys.NAME] for i in range(5)] == first
 
 
+def test_geometric_augmentation_warps_support_query_and_prior_alike():
+    depth, size = 6, 64
+    mask = np.zeros((depth, size, size), np.uint8)
+    mask[:4, 20:40, 16:44] = 1
+    volume = EpisodeVolume("v", mask.astype(np.float32), mask, mask.copy(), np.zeros_like(mask), 0)
+    dataset = EpisodeDataset([volume], 12, neighbour=1, n_unrelated=1, geometric=True)
+    torch.manual_seed(0)
+    moved = 0
+
+    def iou(a, b):
+        return float((a * b).sum() / ((a + b) > 0).sum())
+
+    for i in range(12):
+        item = dataset[i]
+        # every slice's image is its mask: image (bilinear) and mask (nearest) warped alike agree up to the edges
+        assert iou((item[keys.IMAGE][0] > 0.5).float(), item[keys.MASK][0]) > 0.9
+        assert iou((item[keys.SUPPORT_IMAGE][0] > 0.5).float(), item[keys.SUPPORT_MASK][0]) > 0.9
+        assert torch.equal(item[keys.PRIOR], item[keys.MASK])  # the prior is warped with its query
+        assert torch.equal(item[keys.SUPPORT_MASK], item[keys.MASK])  # identical slices: one shared warp
+        assert set(item[keys.MASK].unique().tolist()) <= {0.0, 1.0}
+        moved += iou(item[keys.MASK][0], torch.from_numpy(mask[0]).float()) < 0.95
+    assert moved >= 9  # the warp moves the masks
+
+
 def test_scan_and_slice_datasets():
     volume = toy_volume()
     item = EpisodeVolumeDataset([volume])[0]
