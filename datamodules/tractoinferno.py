@@ -14,6 +14,9 @@ refined mask) when given, else the reference
 bundle's voxels dilated by ``dilate_voxels`` (an oracle tract mask, as the paper's DET*/PROB* rows use
 tract-specific masks); the scored bundle mask is the reference bundle's voxels (``density_map`` > 0).
 
+HCP (``HCPDataModule``): ``<data_dir>/<subject>/T1w/Diffusion/{data.nii.gz,bvals,bvecs}`` and
+``<data_dir>/<subject>/tracts/<bundle>.trk``; dipy CSD on the b = 1000 shell.
+
 ISMRM 2015 (``ISMRM2015DataModule``)::
 
     <data_dir>/Diffusion.nii.gz, Diffusion.bvals, Diffusion.bvecs     the challenge's DWI (b 1000, 32 directions)
@@ -23,7 +26,6 @@ ISMRM 2015 (``ISMRM2015DataModule``)::
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -31,7 +33,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from datamodules.base import BaseDataModule, DatasetError
+from datamodules.base import BaseDataModule, DatasetError, writable_dir
 from datamodules.tractography import TractographyDataModule
 from lightning_modules.tasks.tracking_env import TractographySubject
 
@@ -76,6 +78,40 @@ def peaks_from_sh(sh: np.ndarray, mask: np.ndarray, basis: str = "descoteaux07",
         n = min(npeaks, len(directions))
         peaks[tuple(index)][:n] = directions[:n]
     return peaks
+
+
+def csd_fodf(dwi: Path, bvals: Path, bvecs: Path, sh_order: int = 8, basis: str = "descoteaux07",
+             legacy: bool = True, mask: Optional[np.ndarray] = None, shell: Optional[float] = None,
+             cache: Optional[Path] = None) -> tuple[np.ndarray, np.ndarray]:
+    """fODF SH and peaks from a DWI with dipy's single-shell CSD (response ``auto_response_ssst``, order ``sh_order``,
+    ``peaks_from_model`` on ``repulsion724``); ``shell``: keep the b0s and that b-value (+-100) of a multi-shell
+    acquisition; ``mask``: fit only there (default: voxels with signal); cached as ``cache`` (.npz) when given."""
+    import nibabel as nib
+    from dipy.core.gradients import gradient_table
+    from dipy.data import get_sphere
+    from dipy.direction import peaks_from_model
+    from dipy.io.gradients import read_bvals_bvecs
+    from dipy.reconst.csdeconv import ConstrainedSphericalDeconvModel, auto_response_ssst
+
+    if cache is not None and cache.is_file():
+        with np.load(cache) as f:
+            return f["sh"], f["peaks"]
+    bval, bvec = read_bvals_bvecs(str(bvals), str(bvecs))
+    data = np.asarray(nib.load(str(dwi)).dataobj, dtype=np.float32)
+    if shell is not None:
+        keep = (bval < 50) | (np.abs(bval - shell) <= 100)
+        data, bval, bvec = data[..., keep], bval[keep], bvec[keep]
+    gtab = gradient_table(bval, bvecs=bvec)
+    response, _ = auto_response_ssst(gtab, data, roi_radii=10, fa_thr=0.7)
+    model = ConstrainedSphericalDeconvModel(gtab, response, sh_order_max=sh_order)
+    mask = data[..., gtab.b0s_mask].mean(-1) > 0 if mask is None else mask
+    fit = peaks_from_model(model, data, get_sphere(name="repulsion724"), relative_peak_threshold=0.5,
+                           min_separation_angle=25, mask=mask, return_sh=True, sh_order_max=sh_order,
+                           sh_basis_type=basis, legacy=legacy, npeaks=5)
+    sh, peaks = fit.shm_coeff.astype(np.float32), fit.peak_dirs.astype(np.float32)
+    if cache is not None and writable_dir(cache.parent):
+        np.savez(cache, sh=sh, peaks=peaks)
+    return sh, peaks
 
 
 class _BundleDataModule(TractographyDataModule):
@@ -237,32 +273,10 @@ class ISMRM2015DataModule(_BundleDataModule):
             image = nib.load(str(precomputed))
             return np.asarray(image.dataobj, dtype=np.float32), None, image
         dwi = self._file(self.data_dir / "Diffusion.nii.gz", "DWI file")
-        image = nib.load(str(dwi))
-        cache = self.cache_dir / f"csd_order{self.sh_order}.npz"
-        if cache.is_file():
-            with np.load(cache) as f:
-                return f["sh"], f["peaks"], image
-        from dipy.core.gradients import gradient_table
-        from dipy.data import get_sphere
-        from dipy.direction import peaks_from_model
-        from dipy.io.gradients import read_bvals_bvecs
-        from dipy.reconst.csdeconv import ConstrainedSphericalDeconvModel, auto_response_ssst
-
-        bvals, bvecs = read_bvals_bvecs(str(self._file(self.data_dir / "Diffusion.bvals", "DWI file")),
-                                        str(self._file(self.data_dir / "Diffusion.bvecs", "DWI file")))
-        gtab = gradient_table(bvals, bvecs=bvecs)
-        data = np.asarray(image.dataobj, dtype=np.float32)
-        response, _ = auto_response_ssst(gtab, data, roi_radii=10, fa_thr=0.7)
-        model = ConstrainedSphericalDeconvModel(gtab, response, sh_order_max=self.sh_order)
-        mask = data[..., gtab.b0s_mask].mean(-1) > 0
-        fit = peaks_from_model(model, data, get_sphere(name="repulsion724"), relative_peak_threshold=0.5,
-                               min_separation_angle=25, mask=mask, return_sh=True, sh_order_max=self.sh_order,
-                               sh_basis_type=self.sh_basis, legacy=self.sh_legacy, npeaks=5)
-        sh, peaks = fit.shm_coeff.astype(np.float32), fit.peak_dirs.astype(np.float32)
-        if os.access(self.cache_dir.parent if not self.cache_dir.exists() else self.cache_dir, os.W_OK):
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            np.savez(cache, sh=sh, peaks=peaks)
-        return sh, peaks, image
+        sh, peaks = csd_fodf(dwi, self._file(self.data_dir / "Diffusion.bvals", "DWI file"),
+                             self._file(self.data_dir / "Diffusion.bvecs", "DWI file"), self.sh_order, self.sh_basis,
+                             self.sh_legacy, cache=self.cache_dir / f"csd_order{self.sh_order}.npz")
+        return sh, peaks, nib.load(str(dwi))
 
     def load_subject(self, name: str) -> TractographySubject:
         sh, peaks, image = self.fodf()
@@ -272,6 +286,72 @@ class ISMRM2015DataModule(_BundleDataModule):
         if self.mask_pattern:
             mask = self._file(self.data_dir / self.mask_pattern.format(bundle=self.bundle), "tract mask")
         return self._subject(name, sh, peaks, image, bundle, mask, self.bundle)
+
+
+class HCPDataModule(_BundleDataModule):
+    """HCP 1200 (minimally preprocessed, 1.25 mm, b 1000/2000/3000) with reference bundles, Table 3's HCP row (test
+    subjects 930449, 992774, 959574, 987983; generalisation: test only, ``role: test``)::
+
+        <data_dir>/<subject>/T1w/Diffusion/data.nii.gz, bvals, bvecs      the HCP release's layout
+        <data_dir>/<subject>/tracts/<bundle>.trk                          reference bundles (TractSeg's HCP105
+                                                                          reference tractograms: CG_left, AF_left, ...)
+
+    The fODF is dipy's single-shell CSD on the b = ``shell`` shell (1000: the b-value TractoInferno has), fitted
+    in the tract mask dilated by 2 voxels (the environment reads nothing farther) and cached per subject and
+    bundle in ``cache_dir``."""
+
+    layout = """<data_dir>/<subject>/T1w/Diffusion/data.nii.gz, bvals, bvecs
+<data_dir>/<subject>/tracts/<bundle>.trk"""
+
+    def __init__(self, data_dir: str = "data/hcp", bundle: str = "CG_left", role: str = "test",
+                 subjects: Sequence[str] = ("930449", "992774", "959574", "987983"),
+                 dwi_pattern: str = "{subject}/T1w/Diffusion/data.nii.gz",
+                 bvals_pattern: str = "{subject}/T1w/Diffusion/bvals",
+                 bvecs_pattern: str = "{subject}/T1w/Diffusion/bvecs",
+                 bundle_pattern: str = "{subject}/tracts/{bundle}.trk", mask_pattern: Optional[str] = None,
+                 dilate_voxels: int = 1, shell: Optional[float] = 1000.0, sh_order: int = 8,
+                 cache_dir: Optional[str] = None, sh_basis: str = "descoteaux07", sh_legacy: bool = True, **kwargs):
+        super().__init__(data_dir, bundle, mask_pattern, dilate_voxels, sh_basis, sh_legacy, **kwargs)
+        if role not in ("train", "test"):
+            raise ValueError(f"role must be 'train' or 'test', got {role!r}")
+        self.role, self.subjects = role, [str(s) for s in subjects]
+        self.patterns = dict(dwi=dwi_pattern, bvals=bvals_pattern, bvecs=bvecs_pattern, bundle=bundle_pattern)
+        self.shell, self.sh_order = shell, sh_order
+        self.cache_dir = Path(cache_dir) if cache_dir else self.data_dir / "cache"
+
+    def subject_names(self, split: str) -> list[str]:
+        return self.subjects if split == self.role else []
+
+    def path(self, kind: str, subject: str) -> Path:
+        what = {"dwi": "DWI file", "bvals": "DWI file", "bvecs": "DWI file",
+                "bundle": f"reference bundle {self.bundle}"}
+        return self._file(self.data_dir / self.patterns[kind].format(subject=subject, bundle=self.bundle), what[kind])
+
+    def prepare_data(self) -> None:
+        for subject in self.subjects:
+            for kind in ("dwi", "bvals", "bvecs", "bundle"):
+                self.path(kind, subject)
+
+    def load_subject(self, name: str) -> TractographySubject:
+        import nibabel as nib
+
+        dwi = self.path("dwi", name)
+        image = nib.load(str(dwi))
+        shape = image.shape[:3]
+        bundle_mask, _ = load_bundle_voxels(self.path("bundle", name), image, shape)
+        mask_path = None
+        if self.mask_pattern:
+            mask_path = self._file(self.data_dir / self.mask_pattern.format(subject=name, bundle=self.bundle),
+                                   "tract mask")
+            tract = np.asarray(nib.load(str(mask_path)).dataobj) > 0
+        else:
+            tract = (ndimage.binary_dilation(bundle_mask, iterations=self.dilate_voxels) if self.dilate_voxels
+                     else bundle_mask)
+        fit_mask = ndimage.binary_dilation(tract, iterations=2)
+        sh, peaks = csd_fodf(dwi, self.path("bvals", name), self.path("bvecs", name), self.sh_order, self.sh_basis,
+                             self.sh_legacy, mask=fit_mask, shell=self.shell,
+                             cache=self.cache_dir / f"{name}_{self.bundle}_csd_order{self.sh_order}.npz")
+        return self._subject(name, sh, peaks, image, self.path("bundle", name), mask_path, self.bundle)
 
 
 class VoxelDataset(torch.utils.data.Dataset):

@@ -145,3 +145,30 @@ def test_mrm_voxels_train_the_refinement_classifier(tmp_path):
     task = ClassificationTask(MaskRefinementNet(out_features=2), num_classes=2, input_key="signal")
     L.Trainer(fast_dev_run=2, accelerator="cpu", logger=False, enable_progress_bar=False,
               enable_model_summary=False, default_root_dir=tmp_path).fit(task, dm)
+
+
+def test_hcp_reads_the_release_layout_and_fits_the_b1000_shell(tmp_path):
+    from datamodules.tractoinferno import HCPDataModule
+
+    folder = tmp_path / "930449" / "T1w" / "Diffusion"
+    folder.mkdir(parents=True)
+    lines = write_ismrm(tmp_path)  # a one-fibre DWI (b 0 + 32 x b 1000) and a bundle, moved to the HCP names
+    (tmp_path / "Diffusion.nii.gz").rename(folder / "data.nii.gz")
+    bvals = np.loadtxt(tmp_path / "Diffusion.bvals")
+    np.savetxt(folder / "bvals", np.concatenate([bvals, [3000]])[None], fmt="%d")  # + a b 3000 volume, dropped
+    bvecs = np.loadtxt(tmp_path / "Diffusion.bvecs")
+    np.savetxt(folder / "bvecs", np.concatenate([bvecs, [[1.0], [0.0], [0.0]]], axis=1), fmt="%.6f")
+    image = nib.load(folder / "data.nii.gz")
+    data = np.asarray(image.dataobj)
+    nib.save(nib.Nifti1Image(np.concatenate([data, data[..., -1:] * 0.5], -1), image.affine), folder / "data.nii.gz")
+    (tmp_path / "930449" / "tracts").mkdir()
+    (tmp_path / "bundles" / "Cingulum_left.trk").rename(tmp_path / "930449" / "tracts" / "CG_left.trk")
+    dm = HCPDataModule(str(tmp_path), bundle="CG_left", subjects=["930449"], step_mm=0.468, min_length_mm=4.0,
+                       max_length_mm=20.0)
+    dm.prepare_data()
+    subject = dm.get_subject(0)
+    np.testing.assert_array_equal(subject.bundle_mask, streamlines_to_mask(lines, (10, 10, 10)))
+    assert abs(subject.peaks[5, 5, 5, 0, 0]) > 0.95 and not subject.sh[0, 0, 0].any()  # fitted in the tract mask only
+    assert (tmp_path / "cache" / "930449_CG_left_csd_order8.npz").is_file()
+    with pytest.raises(DatasetError, match="992774"):
+        HCPDataModule(str(tmp_path), subjects=["992774"]).prepare_data()
