@@ -186,6 +186,8 @@ def test_propagation_from_the_start_slice_stops_after_empty_predictions():
     covered = prediction[0, 0].flatten(0, 1).amax(0)
     # slices 0-6 reached from slice 2, then 3 empty predictions (7-9) stop the upward pass before 10-11
     assert covered.tolist() == [1] * 7 + [0] * 5
+    moved = task.segment_volume(image, prior, start_slice=9)  # no initial label at slice 9: start at slice 2
+    assert torch.equal(moved, prediction)
     tolerant = make_task(stop_after_empty=4).segment_volume(image, prior, start_slice=2)
     assert tolerant[0, 0].flatten(0, 1).amax(0).tolist() == [1] * 7 + [0] * 3 + [1] * 2
     # the released validation protocol: each slice with its lower neighbour's ground truth

@@ -12,8 +12,8 @@ losses[name]``.
 Validation/test batches are whole scans (``image``, ``mask``, ``prior`` (1, 1, H, W, D), ``start_slice``), segmented
 slice by slice (``inference_support``):
 
-- ``propagated`` (the paper's protocol): the start slice (the MRF's rectum) is labelled by its initial label and is the
-  first support; each prediction is the support of the next slice, upwards and downwards, until ``stop_after_empty``
+- ``propagated`` (the paper's protocol): the start slice (the MRF's rectum; where the initial label is empty there, the
+  slice with the largest initial label) is labelled by its initial label and is the first support; each prediction is the support of the next slice, upwards and downwards, until ``stop_after_empty``
   successive empty predictions (or the scan's end);
 - ``gt_neighbour`` (the released validation script): every slice is predicted with the ground truth of its lower
   neighbour (upper for the first slice) as support; slices whose support is empty are predicted empty.
@@ -133,6 +133,9 @@ class EpisodicSegmentationTask(SegmentationTask):
                 prediction[..., z] = (probability > self.threshold).long()
             return prediction[None, None]
         start = int(min(max(start_slice, 0), depth - 1))
+        if not (prior[0, 0, ..., start] > 0).any():  # no initial label there (e.g. no rectum found): its largest slice
+            area = (prior[0, 0] > 0).flatten(0, 1).sum(0)
+            start = int(area.argmax()) if area.max() > 0 else start
         prediction[..., start] = (prior[0, 0, ..., start] > 0).long()
         for step in (1, -1):
             support_z, empty = start, 0
