@@ -68,8 +68,8 @@ def main() -> None:
         batch_s = median_time(lambda: infer(image), device, args.steps)
         one_s = median_time(lambda: infer(image[:1]), device, args.steps)
         rows.append(f"| {name} | {args.backbone} x{args.width:g}, dec {args.decoder} | {count_parameters(network):,} | "
-                    f"{args.size} x{args.batch_size} | {args.batch_size / step:.1f} | "
-                    f"{args.batch_size / batch_s:.1f} | {1000 * one_s:.1f} | {peak_memory_mb(device):.0f} |")
+                    f"{args.size} x{args.batch_size} | {args.batch_size / step:.2f} | "
+                    f"{args.batch_size / batch_s:.2f} | {1000 * one_s:.0f} | {peak_memory_mb(device):.0f} |")
     print(f"SAPM augmentation alone: {args.batch_size / sapm_s:.0f} images/s ({args.size} px, {device}, "
           f"{args.precision})\n")
     print("| training | network | params | input x batch | train images/s | infer images/s | latency 1 image (ms) "
