@@ -10,8 +10,8 @@ CT volume in Hounsfield units, axial slices along axis 0 (index 0 = the most inf
    w4 N4 > w3 N3 (muscle | fluid); ``O_EM`` = (HU < th1, air not connected to the slice border, i.e. inside the
    body) or (HU > th2 and below the bone level, opacified fluid).
 3. per-slice erosion (3x3, ``erosion_iterations``) of ``O_EM``, which cuts thin contacts to small-bowel gas;
-4. per-slice binary graph cut (Potts model, PyMaxflow; unary: -log of the GMM posterior of the colon classes,
-   air or fluid; gamma from the label co-occurrence of the eroded map);
+4. per-slice binary graph cut (Potts model, one s-t cut on PyMaxflow through ``lightning_modules/graphcut.py``; unary:
+   -log of the GMM posterior of the colon classes, air or fluid; gamma from the label co-occurrence of the eroded map);
 5. ``detect_rectum``: in the lowest slices (window 5, 10, ... slices) the largest 2D component of ``O_EM`` with mean
    HU < -850; its centroid (the nearest component voxel) is the seed;
 6. region growing from the seed: the 3D connected component of the graph-cut map that holds the seed (26-conn.);
@@ -26,6 +26,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 from scipy import ndimage
+
+from lightning_modules.graphcut import PairwiseEnergy, grid_edges, swap_move
 
 #: the code's EM start: air, fat, muscle, fluid (HU)
 DEFAULT_MEANS = (-950.0, -100.0, 100.0, 500.0)
@@ -129,18 +131,27 @@ def potts_gamma(labels: np.ndarray, low: float = 0.1, high: float = 5.0) -> floa
     return float(np.clip(np.log(max(equal, 1.0) / different), low, high))
 
 
-def graph_cut_slice(colon_probability: np.ndarray, gamma: float, eps: float = 1e-6) -> np.ndarray:
-    """Binary MAP labelling of one slice: unary -log p / -log(1 - p), Potts pairwise ``gamma`` (4-neighbours)."""
-    import maxflow
+class PottsEnergy(PairwiseEnergy):
+    """A Potts model on grid edges: ``gamma`` for every edge whose two labels differ."""
 
+    def __init__(self, unary: np.ndarray, i: np.ndarray, j: np.ndarray, gamma: float) -> None:
+        super().__init__(unary, i, j)
+        self.gamma = float(gamma)
+
+    def pair_cost(self, edges: np.ndarray, a, b) -> np.ndarray:
+        return self.gamma * (np.broadcast_to(a, edges.shape) != np.broadcast_to(b, edges.shape))
+
+
+def graph_cut_slice(colon_probability: np.ndarray, gamma: float, eps: float = 1e-6) -> np.ndarray:
+    """Binary MAP labelling of one slice by one s-t min cut (``graphcut.swap_move`` with labels 0/1 on PyMaxflow, exact
+    for two labels): unary -log(1 - p) / -log p, Potts pairwise ``gamma`` on 4-neighbour edges. Returns bool (H, W)."""
     p = np.clip(np.asarray(colon_probability, dtype=np.float64), eps, 1 - eps)
-    graph = maxflow.Graph[float]()
-    nodes = graph.add_grid_nodes(p.shape)
-    graph.add_grid_edges(nodes, weights=float(gamma), symmetric=True)
-    # sink segment (True) = colon: pay -log p there via the source capacity, -log(1-p) via the sink capacity.
-    graph.add_grid_tedges(nodes, -np.log(p), -np.log(1 - p))
-    graph.maxflow()
-    return graph.get_grid_segments(nodes)
+    nodes = np.ones(p.shape, bool)
+    i, j, _ = grid_edges(p.shape, nodes, connectivity=1)
+    energy = PottsEnergy(np.stack([-np.log(1 - p).ravel(), -np.log(p).ravel()], 1), i, j, gamma)
+    start = (p > 0.5).ravel().astype(np.int64)
+    labels, _ = swap_move(energy, start, 0, 1)
+    return labels.reshape(p.shape).astype(bool)
 
 
 def detect_rectum(o_em: np.ndarray, volume_hu: np.ndarray, air_hu: float = -850.0, window_step: int = 5,

@@ -250,6 +250,17 @@ def test_graph_cut_smooths_isolated_pixels_and_keeps_regions():
     labels = graph_cut_slice(p, gamma=1.0)
     assert labels[5:15, 5:15].all() and not labels[2, 2] and labels.sum() == 100
     assert (graph_cut_slice(p, gamma=0.0) == (p > 0.5)).all()
+    # the same MAP labelling as PyMaxflow's grid graph built directly
+    import maxflow
+
+    rng = np.random.default_rng(0)
+    noisy = np.clip(p + rng.normal(0, 0.25, p.shape), 0.01, 0.99)
+    graph = maxflow.Graph[float]()
+    grid = graph.add_grid_nodes(noisy.shape)
+    graph.add_grid_edges(grid, weights=0.8, symmetric=True)
+    graph.add_grid_tedges(grid, -np.log(noisy), -np.log(1 - noisy))
+    graph.maxflow()
+    assert (graph_cut_slice(noisy, gamma=0.8) == graph.get_grid_segments(grid)).all()
     assert 0.1 <= potts_gamma(labels) <= 5.0
 
 
