@@ -10,11 +10,12 @@ stretched by repetition (uniform indices); more faces than ``max_faces`` keep th
 Batches: ``group_video`` a dict of ``faces`` (T, N, Df), ``face_mask`` (T, N), ``frames`` (T, Dh); ``label`` int64;
 ``name``.
 
-Extraction (OpenCV decoding; faces by ``facenet_pytorch``'s MTCNN when installed (``pip install facenet-pytorch
---no-deps``), else OpenCV's Haar cascade with its level weights as confidence)::
+Extraction (OpenCV decoding; faces by OpenCV's YuNet with ``--yunet-model``, else ``facenet_pytorch``'s MTCNN (the
+paper's detector) when it imports, else OpenCV's Haar cascade where the OpenCV build ships it (not OpenCV 5))::
 
-    python -m datamodules.group_video_features extract --videos <dir of .mp4> --out <root>/features --frames 20 \
-        [--face-checkpoint vggface_emotion.pt] [--frame-checkpoint resnet50_gaf.pt]
+    python -m datamodules.group_video_features extract --videos <dir of .mp4> --out <root>/features --frames 20
+        [--yunet-model face_detection_yunet_2023mar.onnx] [--face-checkpoint vggface_emotion.pt]
+        [--frame-checkpoint resnet50_gaf.pt]
 
 The paper's extractors (a VGGFace fine-tuned on face emotions, a ResNet-50 trained on GAF) are not released: without
 checkpoints the extractors are randomly initialised (deterministic seed) and the features carry no emotion
@@ -239,6 +240,9 @@ def resnet50_features() -> nn.Module:
 
     net = resnet50(spatial_dims=2, n_input_channels=3, conv1_t_size=7, conv1_t_stride=2, num_classes=1)
     net.fc = nn.Identity()
+    for name, module in net.named_modules():  # torchvision's shortcut convolutions have no bias
+        if "downsample" in name and isinstance(module, nn.Conv2d) and module.bias is not None:
+            module.register_parameter("bias", None)
     return net
 
 
@@ -251,32 +255,50 @@ def load_checkpoint(net: nn.Module, path: Optional[str]) -> nn.Module:
     return net.eval()
 
 
-def face_detector(max_faces: int = 8) -> Callable[[np.ndarray], list[tuple[np.ndarray, float]]]:
-    """RGB frame -> [(box x1 y1 x2 y2, confidence)], most confident first: MTCNN (facenet_pytorch) if installed,
-    else OpenCV's frontal-face Haar cascade (its level weights as confidence)."""
+def face_detector(max_faces: int = 8, yunet_model: Optional[str] = None
+                  ) -> Callable[[np.ndarray], list[tuple[np.ndarray, float]]]:
+    """RGB frame -> [(box x1 y1 x2 y2, confidence)], most confident first, from the first detector available:
+    OpenCV's YuNet (``FaceDetectorYN``) with the model file ``yunet_model`` (face_detection_yunet_*.onnx, from the
+    OpenCV zoo); MTCNN (``facenet_pytorch``, the paper's detector; its wheel ships the weights but its NMS needs
+    torchvision); OpenCV's Haar cascade (OpenCV < 5 ships it; its level weights as confidence). None: an error."""
+    import cv2
+
+    if yunet_model:
+        if not os.path.isfile(yunet_model):
+            raise DatasetError("YuNet model file not found", path=yunet_model)
+
+        def detect_yunet(frame: np.ndarray):
+            h, w = frame.shape[:2]
+            net = cv2.FaceDetectorYN.create(yunet_model, "", (w, h), 0.6)
+            _, faces = net.detect(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+            found = [] if faces is None else [((f[0], f[1], f[0] + f[2], f[1] + f[3]), float(f[-1])) for f in faces]
+            return sorted(found, key=lambda f: -f[1])[:max_faces]
+        return detect_yunet
     try:
         from facenet_pytorch import MTCNN  # type: ignore
         mtcnn = MTCNN(keep_all=True, device="cpu")
 
-        def detect(frame: np.ndarray):
+        def detect_mtcnn(frame: np.ndarray):
             boxes, probs = mtcnn.detect(frame)
             if boxes is None:
                 return []
             order = np.argsort(-probs)[:max_faces]
             return [(boxes[i], float(probs[i])) for i in order]
-        return detect
-    except ImportError:
-        import cv2
-
+        return detect_mtcnn
+    except Exception:  # not installed, or its torchvision import fails
+        pass
+    if hasattr(cv2, "CascadeClassifier"):
         cascade = cv2.CascadeClassifier(os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml"))
 
-        def detect(frame: np.ndarray):
+        def detect_haar(frame: np.ndarray):
             gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
             boxes, _, weights = cascade.detectMultiScale3(gray, scaleFactor=1.1, minNeighbors=5, minSize=(20, 20),
                                                           outputRejectLevels=True)
             found = [((x, y, x + w, y + h), float(c)) for (x, y, w, h), c in zip(boxes, np.ravel(weights))]
             return sorted(found, key=lambda f: -f[1])[:max_faces]
-        return detect
+        return detect_haar
+    raise DatasetError("no face detector available", hint="give --yunet-model face_detection_yunet_2023mar.onnx (OpenCV "
+                       "zoo), or install facenet-pytorch (MTCNN; needs torchvision) or an OpenCV with Haar cascades")
 
 
 _MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -321,7 +343,7 @@ def extract_video(frames: Sequence[np.ndarray], num_frames: int, max_faces: int,
 def extract_directory(videos: Union[str, Path], out: Union[str, Path], num_frames: int = 20, max_faces: int = 8,
                       face_checkpoint: Optional[str] = None, frame_checkpoint: Optional[str] = None,
                       pattern: str = "*.mp4", overwrite: bool = False, detect=None, face_net: Optional[nn.Module] = None,
-                      frame_net: Optional[nn.Module] = None) -> list[Path]:
+                      frame_net: Optional[nn.Module] = None, yunet_model: Optional[str] = None) -> list[Path]:
     """Every ``pattern`` video under ``videos`` -> ``out/<stem>.npz``; returns the files written."""
     from datamodules.face_landmarks import read_video
 
@@ -332,7 +354,7 @@ def extract_directory(videos: Union[str, Path], out: Union[str, Path], num_frame
     torch.manual_seed(0)  # random-init extractors (no checkpoint) are the same on every run
     face_net = face_net or load_checkpoint(VGG16Features(), face_checkpoint)
     frame_net = frame_net or load_checkpoint(resnet50_features(), frame_checkpoint)
-    detect = detect or face_detector(max_faces)
+    detect = detect or face_detector(max_faces, yunet_model)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for index, video in enumerate(files):
@@ -357,12 +379,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     extract.add_argument("--max-faces", type=int, default=8)
     extract.add_argument("--face-checkpoint", default=None, help="VGG-16 state dict (torchvision keys)")
     extract.add_argument("--frame-checkpoint", default=None, help="ResNet-50 state dict (torchvision keys)")
+    extract.add_argument("--yunet-model", default=None, help="OpenCV YuNet face detector .onnx")
     extract.add_argument("--pattern", default="*.mp4")
     extract.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     try:
         written = extract_directory(args.videos, args.out, args.frames, args.max_faces, args.face_checkpoint,
-                                    args.frame_checkpoint, args.pattern, args.overwrite)
+                                    args.frame_checkpoint, args.pattern, args.overwrite,
+                                    yunet_model=args.yunet_model)
         print(f"wrote {len(written)} feature caches to {args.out}")
     except (RuntimeError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
