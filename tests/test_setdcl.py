@@ -118,6 +118,17 @@ def test_infonce_matches_the_reference_formula(mode):
     assert infonce(e[:1], e[:1], e[1:4], 0.1).item() == pytest.approx(math.log(1 + 3 * math.exp(-10.0)), rel=1e-9)
 
 
+@pytest.mark.parametrize("mode", ["unpaired", "paired"])
+def test_infonce_equals_info_nce_pytorch(mode):
+    # the library itself where it is installed (not a dependency; checked equal with info-nce-pytorch 0.1.4)
+    info_nce = pytest.importorskip("info_nce")
+    torch.manual_seed(0)
+    q, p = torch.randn(5, 8), torch.randn(5, 8)
+    n = torch.randn(7, 8) if mode == "unpaired" else torch.randn(5, 7, 8)
+    expected = info_nce.InfoNCE(temperature=0.1, negative_mode=mode)(q, p, n)
+    assert torch.isclose(infonce(q, p, n, 0.1, mode), expected, atol=1e-6)
+
+
 def test_refinement_keeps_the_most_consistent_prediction():
     torch.manual_seed(1)
     refined = SETDCLNet(features=SMALL, refine_iters=5).eval()
