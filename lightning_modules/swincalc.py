@@ -212,6 +212,7 @@ class SwinTransformer(nn.Module):
         self.features = nn.Sequential(*layers)
         self.num_features = embed_dim * 2 ** (len(depths) - 1)
         self.stage_channels = [embed_dim * 2 ** i for i in range(len(depths))]
+        self.stage_strides = [int(patch_size[0]) * 2 ** i for i in range(len(depths))]
         self.out_indices = list(out_indices)
         if num_classes == 0 and not self.out_indices:
             raise ValueError("a Swin without a classification head needs out_indices (the stages it returns)")
@@ -262,19 +263,27 @@ def swin(name: str = "swin_t", **kwargs) -> SwinTransformer:
 
 
 class ResNetStages(nn.Module):
-    """MONAI's ResNet-50/101 (torchvision layout: conv1, bn1, layer1-4) returning the NCHW maps of
-    ``out_indices`` (layer1-4: strides 4/8/16/32): the CNN backbones of the paper's comparison."""
+    """MONAI's ResNet-10/18/34/50/101 (torchvision layout: conv1, bn1, layer1-4) returning the NCHW maps of
+    ``out_indices`` (layer1-4: strides 4/8/16/32): the CNN backbones of the paper's comparison (50, 101) and a
+    narrow ResNet-10/18 (``widen_factor``) as the CPU stand-in's CNN control."""
 
-    def __init__(self, depth: Literal[50, 101] = 50, in_channels: int = 3, out_indices: Sequence[int] = (1, 2, 3)):
+    DEPTHS = (10, 18, 34, 50, 101)
+
+    def __init__(self, depth: int = 50, in_channels: int = 3, out_indices: Sequence[int] = (1, 2, 3),
+                 widen_factor: float = 1.0):
         super().__init__()
-        from monai.networks.nets import resnet50, resnet101
+        from monai.networks import nets
 
-        net = (resnet50 if depth == 50 else resnet101)(spatial_dims=2, n_input_channels=in_channels,
-                                                        conv1_t_size=7, conv1_t_stride=2, num_classes=1)
+        if depth not in self.DEPTHS:
+            raise ValueError(f"ResNet depth must be one of {self.DEPTHS}, got {depth}")
+        net = getattr(nets, f"resnet{depth}")(spatial_dims=2, n_input_channels=in_channels, conv1_t_size=7,
+                                              conv1_t_stride=2, num_classes=1, widen_factor=widen_factor)
         self.conv1, self.bn1, self.act, self.maxpool = net.conv1, net.bn1, net.act, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self.out_indices = list(out_indices)
-        self.stage_channels = [256, 512, 1024, 2048]
+        self.stage_channels = [[m for m in layer.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
+                               for layer in (self.layer1, self.layer2, self.layer3, self.layer4)]
+        self.stage_strides = [4, 8, 16, 32]
 
     @property
     def out_channels(self) -> list[int]:
@@ -293,14 +302,16 @@ class ResNetStages(nn.Module):
 
 
 def build_backbone(name: str, out_indices: Sequence[int] = (1, 2, 3), in_channels: int = 3, **kwargs) -> nn.Module:
-    """``swin_t``/``swin_s``/``swin_b`` (kwargs override the Swin hyperparameters), ``resnet50``, ``resnet101``."""
+    """``swin_t``/``swin_s``/``swin_b`` (kwargs override the Swin hyperparameters) or ``resnet10/18/34/50/101``
+    (kwargs: ``widen_factor``)."""
     if name in SWIN_CONFIGS:
         return swin(name, num_classes=0, out_indices=out_indices, in_channels=in_channels, **kwargs)
-    if name in ("resnet50", "resnet101"):
-        if kwargs:
-            raise ValueError(f"{name} takes no backbone_args, got {sorted(kwargs)}")
-        return ResNetStages(int(name[6:]), in_channels, out_indices)
-    raise ValueError(f"unknown backbone {name!r}: swin_t, swin_s, swin_b, resnet50 or resnet101 "
+    if name.startswith("resnet") and name[6:].isdigit():
+        unknown = set(kwargs) - {"widen_factor"}
+        if unknown:
+            raise ValueError(f"{name} takes only widen_factor in backbone_args, got {sorted(unknown)}")
+        return ResNetStages(int(name[6:]), in_channels, out_indices, **kwargs)
+    raise ValueError(f"unknown backbone {name!r}: swin_t, swin_s, swin_b or resnet10/18/34/50/101 "
                      "(EfficientNet and ConvNeXt rows are not built: docs/papers/swincalc.md)")
 
 
@@ -420,8 +431,8 @@ class RetinaNetCalcDetector(nn.Module):
     losses; eval: ``images -> [{"boxes", "scores", "labels"}]``).
 
     Args:
-        backbone: ``swin_t``/``swin_s``/``swin_b``/``resnet50``/``resnet101``.
-        backbone_args: Swin hyperparameter overrides (a tiny Swin for the CPU demo).
+        backbone: ``swin_t``/``swin_s``/``swin_b``/``resnet10/18/34/50/101``.
+        backbone_args: Swin hyperparameter overrides (a tiny Swin for the CPU demo) or a ResNet's ``widen_factor``.
         out_indices: backbone stages fed to the FPN (1, 2, 3 -> C3-C5, strides 8-32, RetinaNet's).
         fpn_channels: FPN width (the paper's heads use 256).
         extra_levels: ``p6p7`` (RetinaNet's P6, P7), ``maxpool`` or ``none``.
@@ -454,7 +465,7 @@ class RetinaNetCalcDetector(nn.Module):
         anchors = AnchorGenerator(sizes=tuple(tuple(s) for s in sizes),
                                   aspect_ratios=tuple(tuple(aspect_ratios) for _ in sizes))
         num_anchors = anchors.num_anchors_per_location()[0]
-        first_stride = 4 * 2 ** min(out_indices)
+        first_stride = body.stage_strides[min(out_indices)]
         divisible = first_stride * 2 ** (extractor.num_levels - 1)
         network = RetinaNet(spatial_dims=2, num_classes=num_classes, num_anchors=num_anchors,
                             feature_extractor=extractor, size_divisible=divisible)
