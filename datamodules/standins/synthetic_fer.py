@@ -26,9 +26,9 @@ import numpy as np
 
 from datamodules.fer2013 import EMOTIONS
 from datamodules.image_classification import ClassificationItem, ImageClassificationDataModule
-from datamodules.standins.synthetic_faces import (JAW, LEFT_BROW, LEFT_EYE, NOSE_BRIDGE, NOSE_LOWER, OUTER_LIPS,
-                                                  RIGHT_BROW, RIGHT_EYE, FaceParams, face_landmarks, random_identity,
-                                                  render_faces)
+from datamodules.standins.synthetic_faces import (JAW, LEFT_BROW, LEFT_EYE, NOSE_BRIDGE, NOSE_LOWER, NUM_DLIB,
+                                                  OUTER_LIPS, RIGHT_BROW, RIGHT_EYE, FaceParams, face_landmarks,
+                                                  random_identity, render_faces)
 
 #: class -> (controls as (low, high) ranges, expected regions).
 EXPRESSIONS = {
@@ -62,13 +62,15 @@ def region_mask(points: np.ndarray, regions, size: int, margin: int) -> np.ndarr
 
 
 def render_expressions(labels: np.ndarray, size: int = 48, seed: int = 0, mask_margin: int = 2,
-                       render_size: int = 96) -> tuple[np.ndarray, np.ndarray]:
+                       render_size: int = 96, return_landmarks: bool = False) -> tuple[np.ndarray, ...]:
     """Images (N, size, size, 3) uint8 and region masks (N, size, size) uint8 of the classes ``labels`` (indices
-    into ``CLASSES``), one random identity, pose and light per image (rendered at ``render_size``, area-resized)."""
+    into ``CLASSES``), one random identity, pose and light per image (rendered at ``render_size``, area-resized);
+    with ``return_landmarks`` also the 68 dlib-order landmarks (N, 68, 2) float32, (x, y) normalised to the image."""
     rng = np.random.default_rng(seed)
     n = len(labels)
     images = np.empty((n, size, size, 3), np.uint8)
     masks = np.empty((n, size, size), np.uint8)
+    landmarks = np.empty((n, NUM_DLIB, 2), np.float32)
     for i, label in enumerate(labels):
         controls, regions = EXPRESSIONS[CLASSES[int(label)]]
         value = {k: rng.uniform(*v) for k, v in controls.items()}
@@ -97,7 +99,8 @@ def render_expressions(labels: np.ndarray, size: int = 48, seed: int = 0, mask_m
                          tuple(int(v * value["wrinkle"]) for v in (95, 60, 50)), max(1, render_size // 48), cv2.LINE_AA)
         images[i] = cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA)
         masks[i] = region_mask(points, regions, size, mask_margin)
-    return images, masks
+        landmarks[i] = points[:NUM_DLIB]
+    return (images, masks, landmarks) if return_landmarks else (images, masks)
 
 
 class SyntheticFERDataModule(ImageClassificationDataModule):
