@@ -235,7 +235,7 @@ def test_test_step_scores_the_network_the_prior_and_all_background(tmp_path):
 def test_em_recovers_the_four_hu_modes_like_sklearn():
     rng = np.random.default_rng(0)
     truth = np.array([-940.0, -100.0, 40.0, 450.0])  # inside the histogram range (-1000, 1000)
-    sizes = [20000, 40000, 30000, 6000]
+    sizes = [5000, 10000, 7500, 1500]
     samples = np.concatenate([rng.normal(m, s, n) for m, s, n in zip(truth, (15, 25, 20, 60), sizes)])
     mixture = fit_hu_mixture(samples)
     assert np.allclose(mixture.means, truth, atol=15)

@@ -104,7 +104,7 @@ def test_stand_in_volumes_and_datamodule():
     per_slice = colon.reshape(24, -1).any(1)
     assert per_slice[0] and not per_slice[-3:].any()  # rectum in the lowest slice, colon-free top slices
     assert organs[-3:].any() and hu[colon > 0].mean() < -500 and hu.max() > 300
-    module = SyntheticCTColonDataModule(num_train=2, num_val=1, num_test=1, episodes_per_epoch=6, batch_size=2)
+    module = SyntheticCTColonDataModule(num_train=1, num_val=1, num_test=1, episodes_per_epoch=6, batch_size=2)
     module.setup("fit")
     batch = next(iter(module.train_dataloader()))
     assert batch[keys.SUPPORT_IMAGE].shape == (2, 1, 64, 64) and batch[keys.NEGATIVE_IMAGE].shape == (2, 3, 1, 64, 64)
@@ -112,6 +112,7 @@ def test_stand_in_volumes_and_datamodule():
     scan = next(iter(module.val_dataloader()))
     assert scan[keys.IMAGE].shape == (1, 1, 64, 64, 24) and scan[keys.PRIOR].sum() > 0
     slices = SyntheticCTColonDataModule(num_train=1, num_val=1, num_test=1, mode="slices", batch_size=4)
+    slices.volumes = module.volumes  # the same scans, served as 2D slices
     slices.setup("fit")
     assert next(iter(slices.train_dataloader()))[keys.IMAGE].shape == (4, 1, 64, 64)
 
