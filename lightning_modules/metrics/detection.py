@@ -140,9 +140,8 @@ def froc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], max_fppi: floa
     import matplotlib.pyplot as plt
 
     figure, ax = plt.subplots(figsize=(5, 4))
-    for label, (fppi, tpr) in curves.items():
-        order = np.argsort(fppi, kind="stable")
-        ax.plot(fppi[order], tpr[order], label=label)
+    for label, (fppi, tpr) in curves.items():  # MONAI's layout: FPpI falls along the curve; reversed, both rise
+        ax.plot(fppi[::-1], tpr[::-1], label=label)
     for mark in marks:
         ax.axvline(mark, color="grey", linestyle=":", linewidth=0.8)
     ax.set_xlim(0, max_fppi)
