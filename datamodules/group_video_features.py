@@ -314,12 +314,18 @@ def _to_tensor(images: Sequence[np.ndarray], size: int = 224) -> torch.Tensor:
 
 @torch.no_grad()
 def extract_video(frames: Sequence[np.ndarray], num_frames: int, max_faces: int, detect, face_net: nn.Module,
-                  frame_net: nn.Module) -> dict:
-    """RGB frames -> the cache arrays of ``num_frames`` uniformly sampled frames."""
+                  frame_net: nn.Module, boxes: Optional[Sequence[list]] = None, input_size: int = 224) -> dict:
+    """RGB frames -> the cache arrays of ``num_frames`` uniformly sampled frames. ``boxes``: per input frame the
+    detections [(box, confidence)] to use instead of ``detect`` (a generator's ground truth); ``input_size``: the
+    side faces and frames are resized to for the extractors (224, as the paper)."""
     if not frames:
         raise ValueError("the video has no frames")
-    sampled = [frames[i] for i in uniform_indices(len(frames), num_frames)]
-    holistic = frame_net(_to_tensor(sampled)).reshape(num_frames, -1).numpy()
+    index = uniform_indices(len(frames), num_frames)
+    sampled = [frames[i] for i in index]
+    if boxes is not None:
+        given = [boxes[i] for i in index]
+        detect = lambda frame, _it=iter(given): next(_it)
+    holistic = frame_net(_to_tensor(sampled, input_size)).reshape(num_frames, -1).numpy()
     faces, mask = None, np.zeros((num_frames, max_faces), bool)
     for t, frame in enumerate(sampled):
         h, w = frame.shape[:2]
@@ -329,7 +335,7 @@ def extract_video(frames: Sequence[np.ndarray], num_frames: int, max_faces: int,
             x1, y1, x2, y2 = max(x1, 0), max(y1, 0), min(x2, w), min(y2, h)
             if x2 - x1 >= 2 and y2 - y1 >= 2:
                 crops.append(frame[y1:y2, x1:x2])
-        feats = face_net(_to_tensor(crops)).numpy() if crops else np.zeros((0, 1), np.float32)
+        feats = face_net(_to_tensor(crops, input_size)).numpy() if crops else np.zeros((0, 1), np.float32)
         if faces is None and crops:
             faces = np.zeros((num_frames, max_faces, feats.shape[1]), np.float32)
         if crops:
