@@ -143,9 +143,9 @@ def test_heads_and_baseline_shapes():
 
 
 def test_learning_on_the_standin(tmp_path):
-    """The demo recipe, smaller (a less noisy holistic cue, lr 3e-3): the fused accuracy beats the majority baseline (1/3) by far, the training loss falls
-    from chance level (2 ln 3 for the two losses), and the reloaded checkpoint's predictions give the logged accuracy
-    and per-class recalls (scikit-learn)."""
+    """The demo recipe, smaller (a less noisy holistic cue, lr 3e-3): the fused accuracy beats the majority baseline
+    (1/3) by far, the training loss falls from chance level (2 ln 3 for the two losses), and the reloaded checkpoint's
+    predictions give the logged accuracy and per-class recalls (scikit-learn)."""
     import run
     from datamodules.standins.synthetic_group_emotion import SyntheticGroupEmotionDataModule
 
