@@ -1,0 +1,152 @@
+"""Synapse multi-organ CT (TransUNet's preprocessed release) as 2-D slices; the shared slice dataset of the
+volume readers (also ``datamodules.acdc``).
+
+TransUNet (Chen et al. 2021) preprocessed the 30 BTCV abdominal CT cases: intensities clipped to [-125, 275] and
+scaled to [0, 1], 8 organs relabelled 1-8 (aorta, gallbladder, left kidney, right kidney, liver, pancreas, spleen,
+stomach); the 18 training cases as axial slices ``train_npz/case<id>_slice<z>.npz`` ({image, label}, 512x512),
+the 12 test cases as volumes ``test_vol_h5/case<id>.npy.h5`` ({image, label}, (D, 512, 512)), and the lists
+``lists/lists_Synapse/{train.txt, test_vol.txt}``. Slices are resized to ``image_size`` (bilinear image, nearest
+labels).
+
+Evaluation here is per 2-D test slice at ``image_size`` (Dice pooled over every slice of the test volumes, HD95 per
+slice); TransUNet scores each 3-D volume at 512x512 (Dice and HD95 per case and organ, then the mean): the
+numbers are close to but not the same as the paper's protocol (see docs/papers/harmss.md).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from datamodules.base import BaseDataModule, DatasetError
+from datamodules.seeded_transform import SeededTransform
+from datamodules.segmentation import resolve_augmentation
+from lightning_modules.batch import IMAGE, MASK, NAME
+
+SYNAPSE_CLASSES = ("background", "aorta", "gallbladder", "kidney_left", "kidney_right", "liver", "pancreas",
+                   "spleen", "stomach")
+
+SYNAPSE_LAYOUT = """<data_dir>/                      (TransUNet's preprocessed Synapse release)
+  train_npz/case0005_slice000.npz  ...       training slices {image (512, 512) float in [0, 1], label (512, 512) 0-8}
+  test_vol_h5/case0001.npy.h5 ...            test volumes {image (D, 512, 512), label (D, 512, 512)}
+  lists/lists_Synapse/train.txt, test_vol.txt   optional: slice / case names (default: every file present)"""
+
+
+class SliceDataset(Dataset):
+    """2-D slices from ``loaders`` (each ``() -> (image (H, W) float32 in [0, 1], labels (H, W) int)``), resized,
+    augmented, as ``{image (1, H, W) float, mask (1, H, W) long, name}``."""
+
+    def __init__(self, loaders: Sequence[Callable[[], tuple[np.ndarray, np.ndarray]]], names: Sequence[str],
+                 image_size: tuple[int, int], augmentation: Sequence = ()):
+        self.loaders, self.names = list(loaders), list(names)
+        self.transform = SeededTransform(A.Compose([
+            A.Resize(*image_size, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST),
+            *augmentation]))
+
+    def __len__(self) -> int:
+        return len(self.loaders)
+
+    def __getitem__(self, index: int) -> dict:
+        image, labels = self.loaders[index]()
+        out = self.transform(image=np.asarray(image, dtype=np.float32), mask=np.asarray(labels, dtype=np.uint8))
+        return {IMAGE: torch.from_numpy(np.ascontiguousarray(out["image"]))[None].float(),
+                MASK: torch.from_numpy(np.ascontiguousarray(out["mask"]))[None].long(), NAME: self.names[index]}
+
+
+def _npz_loader(path: Path) -> Callable:
+    def load():
+        with np.load(path) as data:
+            return data["image"], data["label"]
+    return load
+
+
+def _h5_slice_loader(path: Path, z: int) -> Callable:
+    def load():
+        import h5py
+
+        with h5py.File(path, "r") as data:
+            return data["image"][z], data["label"][z]
+    return load
+
+
+class SynapseDataModule(BaseDataModule):
+    """Synapse (TransUNet release): training slices from ``train_npz``, test slices from ``test_vol_h5``.
+
+    Args:
+        data_dir: the release root (``train_npz/``, ``test_vol_h5/``, optional ``lists/lists_Synapse``).
+        image_size: slice size fed to the network (224).
+        augmentation: a preset of ``datamodules.segmentation`` (``unext``: random rot90 + flips).
+        val_cases: training cases held out for validation (model selection); 0 = validate on the test slices.
+        split_seed: which training cases are held out.
+    """
+
+    layout = SYNAPSE_LAYOUT
+    standin_config = "experiments/harmss_demo.yaml"
+    num_labels = len(SYNAPSE_CLASSES)
+
+    def __init__(self, data_dir: str, image_size: Union[int, Sequence[int]] = 224, augmentation: str = "unext",
+                 val_cases: int = 2, split_seed: int = 0, batch_size: int = 8, num_workers: int = 4,
+                 pin_memory: Optional[bool] = None, eval_batch_size: Optional[int] = None):
+        super().__init__(batch_size, num_workers, pin_memory, eval_batch_size)
+        self.data_dir = Path(os.path.expanduser(str(data_dir)))
+        self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        self.augmentation, self.val_cases, self.split_seed = augmentation, val_cases, split_seed
+        resolve_augmentation(augmentation)
+
+    def error(self, problem: str, path=None) -> DatasetError:
+        return DatasetError(problem, path=path, layout=self.layout, standin_config=self.standin_config)
+
+    def _list(self, name: str) -> Optional[list[str]]:
+        for folder in (self.data_dir / "lists" / "lists_Synapse", self.data_dir / "lists_Synapse"):
+            if (folder / name).is_file():
+                return [line.strip() for line in (folder / name).read_text().splitlines() if line.strip()]
+        return None
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.train_set is not None:
+            return
+        train_dir, test_dir = self.data_dir / "train_npz", self.data_dir / "test_vol_h5"
+        for folder in (train_dir, test_dir):
+            if not folder.is_dir():
+                raise self.error("folder not found", folder)
+        slices = self._list("train.txt") or sorted(p.stem for p in train_dir.glob("*.npz"))
+        cases = self._list("test_vol.txt") or sorted(p.name.split(".")[0] for p in test_dir.glob("*.npy.h5"))
+        if not slices or not cases:
+            raise self.error("no training slices or no test volumes", self.data_dir)
+        for name in slices:
+            if not (train_dir / f"{name}.npz").is_file():
+                raise self.error("training slice not found", train_dir / f"{name}.npz")
+        train_cases = sorted({name.split("_slice")[0] for name in slices})
+        rng = np.random.default_rng(self.split_seed)
+        held = set(rng.permutation(train_cases)[:self.val_cases].tolist()) if self.val_cases else set()
+        augmentation = resolve_augmentation(self.augmentation)
+
+        def slice_set(names, aug):
+            return SliceDataset([_npz_loader(train_dir / f"{n}.npz") for n in names], names, self.image_size, aug)
+
+        self.train_set = slice_set([n for n in slices if n.split("_slice")[0] not in held], augmentation)
+        self.test_set = self._volume_slices(test_dir, cases)
+        self.val_set = slice_set([n for n in slices if n.split("_slice")[0] in held], ()) if held else self.test_set
+        self.predict_set = self.test_set
+
+    def _volume_slices(self, folder: Path, cases: Sequence[str]) -> SliceDataset:
+        import h5py
+
+        loaders, names = [], []
+        for case in cases:
+            path = folder / f"{case}.npy.h5"
+            if not path.is_file():
+                raise self.error("test volume not found", path)
+            with h5py.File(path, "r") as data:
+                if "image" not in data or "label" not in data:
+                    raise self.error("test volume without 'image' and 'label' datasets", path)
+                depth = data["label"].shape[0]
+            loaders += [_h5_slice_loader(path, z) for z in range(depth)]
+            names += [f"{case}_slice{z:03d}" for z in range(depth)]
+        return SliceDataset(loaders, names, self.image_size)
