@@ -177,6 +177,16 @@ def test_standin_learns_beyond_the_bright_spot_baseline(tmp_path):
     losses = _train_losses(tmp_path / "csv")
     assert sum(losses[-4:]) / 4 < 0.8 * sum(losses[:4]) / 4
     assert (run_dir / "figures" / "test_froc.png").is_file()
+    # the best checkpoint rebuilds the task (network and baselines from the saved config) and predicts the same
+    from lightning_modules.tasks.detection import DetectionTask
+
+    restored = DetectionTask.load_from_checkpoint(str(run_dir / "checkpoints" / "best.ckpt"), map_location="cpu")
+    images = next(iter(cli.datamodule.test_dataloader()))["image"][:2]
+    cli.model.load_state_dict(restored.state_dict())
+    with torch.no_grad():
+        ours, theirs = cli.model.eval()(images), restored.eval()(images)
+    torch.testing.assert_close(ours[0]["scores"], theirs[0]["scores"])
+    assert set(restored.baselines) == {"bright_spot"}
 
 
 @pytest.mark.slow
