@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.timing import autocast, peak_memory_mb, step_times, sync  # noqa: E402
+from benchmarks.timing import autocast, peak_memory_mb, step_times  # noqa: E402
 from lightning_modules.ger_stgat import GERSTGAT  # noqa: E402
 from lightning_modules.utils import count_parameters  # noqa: E402
 

@@ -19,14 +19,13 @@ and one holistic frame feature (ResNet-50 pooled ``layer4``, 2048-d). The batch 
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_modules.batch import LABEL
 from lightning_modules.blocks.gat import DenseGAT
 from lightning_modules.tasks.classification import ClassificationTask
 
@@ -161,7 +160,8 @@ class GERSTGAT(nn.Module):
         """log of Eq. 15's fused probabilities (a single branch: its log-softmax)."""
         if len(logits) == 1:
             return F.log_softmax(next(iter(logits.values())).float(), dim=-1)
-        p = self.alpha * logits["facial"].float().softmax(-1) + (1 - self.alpha) * logits["holistic"].float().softmax(-1)
+        p_f, p_h = logits["facial"].float().softmax(-1), logits["holistic"].float().softmax(-1)
+        p = self.alpha * p_f + (1 - self.alpha) * p_h
         return p.clamp_min(1e-12).log()
 
     def forward(self, x: dict) -> Tensor:

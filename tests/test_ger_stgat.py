@@ -87,7 +87,8 @@ def _inputs(b=3, t=4, n=3, df=6, dh=5, seed=0):
     g = torch.Generator().manual_seed(seed)
     mask = torch.rand(b, t, n, generator=g) > 0.3
     mask[0, 1] = False  # a frame without faces
-    return {"faces": torch.randn(b, t, n, df, generator=g), "face_mask": mask, "frames": torch.randn(b, t, dh, generator=g)}
+    return {"faces": torch.randn(b, t, n, df, generator=g), "face_mask": mask,
+            "frames": torch.randn(b, t, dh, generator=g)}
 
 
 def test_pseudo_nodes_are_the_face_means_and_absent_faces_do_not_matter():
@@ -118,8 +119,8 @@ def test_fusion_and_the_two_losses():
     task = GroupEmotionTask(network=net, num_classes=3)
     y = torch.tensor([0, 1, 2])
     loss = task.training_step({"group_video": x, "label": y}, 0)
-    assert loss.item() == pytest.approx((F.cross_entropy(logits["facial"], y) + F.cross_entropy(logits["holistic"], y)).item(),
-                                        abs=1e-5)  # L_f + L_h (Eq. 13, 14)
+    expected = F.cross_entropy(logits["facial"], y) + F.cross_entropy(logits["holistic"], y)
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-5)  # L_f + L_h (Eq. 13, 14)
     loss.backward()  # each branch's gradient is its own loss's: L_h does not reach GAT_f
     facial_grad = net.facial.classifier.weight.grad.clone()
     net.zero_grad()
