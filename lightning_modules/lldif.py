@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric
 
-from lightning_modules.batch import IMAGE, LABEL, require
+from lightning_modules.batch import require
 from lightning_modules.tasks.classification import ClassificationTask
 from lightning_modules.utils import network_from_checkpoint
 
@@ -535,10 +535,11 @@ class PriorDiffusion(nn.Module):
 
     def step(self, model_output: torch.Tensor, t: int, z_t: torch.Tensor) -> torch.Tensor:
         """Z_{t-1} from Z_t and the network's output at step index t."""
-        alpha, abar, abar_prev, beta = self.alphas[t], self.alphas_cumprod[t], self.alphas_cumprod_prev[t], self.betas[t]
+        alpha, beta = self.alphas[t], self.betas[t]
+        abar, abar_prev = self.alphas_cumprod[t], self.alphas_cumprod_prev[t]
         if self.parameterization == "eps":
             return (z_t - model_output * (1 - alpha) / (1 - abar).sqrt()) / alpha.sqrt()
-        return (beta * abar_prev.sqrt() / (1 - abar)) * model_output + ((1 - abar_prev) * alpha.sqrt() / (1 - abar)) * z_t
+        return (beta * abar_prev.sqrt() * model_output + (1 - abar_prev) * alpha.sqrt() * z_t) / (1 - abar)
 
     def sample(self, denoiser: nn.Module, condition: torch.Tensor, z_t: torch.Tensor) -> torch.Tensor:
         """Run every reverse step from Z_T = ``z_t`` (gradients flow when enabled)."""
@@ -592,7 +593,8 @@ class LLDifS1(nn.Module):
             laclip = network_from_checkpoint(laclip_checkpoint, laclip, train_command=LACLIP_COMMAND)
         elif laclip is None:
             raise ValueError("LLDifS1 needs laclip_checkpoint, stage 0's LA-CLIP checkpoint (best.ckpt). Train it "
-                             f"first: {LACLIP_COMMAND}; then pass --model.init_args.network.init_args.laclip_checkpoint "
+                             f"first: {LACLIP_COMMAND}; then pass "
+                             "--model.init_args.network.init_args.laclip_checkpoint "
                              "runs/<experiment>/<run id>/checkpoints/best.ckpt")
         if laclip.num_classes != num_classes:
             raise ValueError(f"LA-CLIP has {laclip.num_classes} classes, stage 1 {num_classes}")
@@ -719,9 +721,9 @@ class LLDifTask(ClassificationTask):
     """``ClassificationTask`` for the LLDif networks: loss = cross-entropy of the logits (Eq. 13; for LA-CLIP the
     label alignment) + the network's auxiliary terms (LA-CLIP's InfoNCE, stage 2's KL), each also logged as
     ``train/<name>``; the label reaches the network in training (LA-CLIP's InfoNCE, stage 1's prior, stage 2's
-    teacher) and in evaluation only where it ``needs_label`` (stage 1's prior), landmarks when the batch has them. Test logs the mean max-softmax confidence per test loader
-    (``test/confidence``, ``test/<name>/confidence``, Fig. 6) besides the family's metrics; a datamodule's
-    ``normal_light`` test set scores the normal-light images.
+    teacher) and in evaluation only where it ``needs_label`` (stage 1's prior), landmarks when the batch has them.
+    Test logs the mean max-softmax confidence per test loader (``test/confidence``, ``test/<name>/confidence``,
+    Fig. 6) besides the family's metrics; a datamodule's ``normal_light`` test set scores the normal-light images.
 
     Args: those of ``ClassificationTask``.
     """

@@ -145,7 +145,8 @@ def test_clip_loss_is_clips_with_distinct_labels_and_multi_positive_otherwise():
     labels = np.array([0, 0, 1, 2])
     positives = (labels[:, None] == labels[None]).astype(float)
     targets = positives / positives.sum(1, keepdims=True)
-    multi = -0.5 * ((targets * log_softmax(logits, 1)).sum(1).mean() + (targets * log_softmax(logits.T, 1)).sum(1).mean())
+    multi = -0.5 * ((targets * log_softmax(logits, 1)).sum(1).mean()
+                    + (targets * log_softmax(logits.T, 1)).sum(1).mean())
     got = label_aware_clip_loss(torch.tensor(image), torch.tensor(text), torch.tensor(labels), 10.0)
     assert float(got) == pytest.approx(multi, rel=1e-6)
 
