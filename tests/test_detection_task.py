@@ -186,3 +186,33 @@ def test_task_steps_log_froc(tmp_path):
     out = task.val_froc.compute()
     # one hit (box found) and one false positive on the normal image: TPR 1 at FPpI 0.5
     assert out["tpr@0.5"] == pytest.approx(1.0)
+
+
+def test_task_tests_every_loader_and_scores_baselines(tmp_path):
+    """trainer.test over a main and a further test set: metrics under test/ and test/<name>/, the baseline under
+    test/baseline_<name>/, and the FROC figure written."""
+    from lightning.pytorch import Trainer
+
+    from datamodules.detection import DetectionDataModule
+
+    class _Data(DetectionDataModule):
+        def setup(self, stage=None):
+            image = np.zeros((8, 8), dtype=np.float32)
+            make = lambda boxes: DetectionDataset([DetectionItem(image, boxes, "p", "a")], input_hw=None,  # noqa: E731
+                                                  crop_breast=False)
+            self.test_set = make([[0, 0, 4, 4]])
+            self.test_sets = {"ext": make([])}
+
+    class _Fixed(nn.Module):
+        def forward(self, images, targets=None):
+            return [{"boxes": torch.tensor([[0.0, 0.0, 4.0, 4.0]]), "scores": torch.tensor([0.3]),
+                     "labels": torch.zeros(1, dtype=torch.long)} for _ in images]
+
+    task = DetectionTask(_Toy(), fppi=(1.0,), aufc_limits=(1.0,), baselines={"fixed": _Fixed()})
+    trainer = Trainer(default_root_dir=tmp_path, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                      accelerator="cpu")
+    results = trainer.test(task, datamodule=_Data(batch_size=1, num_workers=0), verbose=False)
+    merged = {k: v for r in results for k, v in r.items()}
+    assert merged["test/tpr@1"] == pytest.approx(1.0) and merged["test/baseline_fixed/tpr@1"] == pytest.approx(1.0)
+    assert merged["test/ext/num_targets"] == 0 and merged["test/ext/num_images"] == 1
+    assert (tmp_path / "figures" / "test_froc.png").is_file()
