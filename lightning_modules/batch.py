@@ -49,6 +49,12 @@ SAMPLE_RATE = "sample_rate"
 #: detection targets, one entry per image (counts differ, so lists, not stacked; datamodules.detection collates):
 #: boxes float (N_i, 4) in pixel (x1, y1, x2, y2), x along the width; their class indices int64 (N_i,).
 BOXES, BOX_LABELS = "boxes", "box_labels"
+#: weak (point) supervision: sparse labels int64 (B, 1, *S), the class on annotated pixels, -1 elsewhere
+#: (datamodules/point_labels.py), and signed distance maps from them float (B, K, *S) (boundary losses).
+POINTS, DISTANCE_MAPS = "points", "distance_maps"
+#: slices of volumes: the volume each slice was cut from (list[str]), its index along the last axis int64 (B,) and
+#: the volume's voxel size float (B, 3), so that slice predictions are restacked and scored per volume.
+VOLUME, SLICE_INDEX, SPACING = "volume", "slice_index", "spacing"
 
 VOCABULARY = frozenset({IMAGE, AUDIO, SIGNAL, VIDEO, MASK, LABEL, TARGET, GROUP, NAME, FIXED, MOVING,
                         FIXED_SEG, MOVING_SEG, FIXED_LANDMARKS, MOVING_LANDMARKS, DIAGONAL, MIXTURE, SOURCES, SAMPLE_RATE,
@@ -56,6 +62,8 @@ VOCABULARY = frozenset({IMAGE, AUDIO, SIGNAL, VIDEO, MASK, LABEL, TARGET, GROUP,
 
 #: episode keys (datamodules/episodic.py)
 VOCABULARY = VOCABULARY | frozenset({SUPPORT_IMAGE, SUPPORT_MASK, NEGATIVE_IMAGE, NEGATIVE_MASK, PRIOR, START_SLICE})
+#: weak labels and volume slices
+VOCABULARY = VOCABULARY | frozenset({POINTS, DISTANCE_MAPS, VOLUME, SLICE_INDEX, SPACING})
 
 
 def require(batch: Mapping, *keys: str, task: str = "this task") -> None:
