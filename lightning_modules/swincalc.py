@@ -331,7 +331,8 @@ class BackboneFPN(nn.Module):
     """Backbone stages -> MONAI's FeaturePyramidNetwork; ``extra``: ``p6p7`` (RetinaNet's two stride-2 convs on
     P5), ``maxpool`` (one pooled level) or ``none``. Returns an ordered dict of maps with ``out_channels`` each."""
 
-    def __init__(self, backbone: nn.Module, out_channels: int = 256, extra: Literal["p6p7", "maxpool", "none"] = "p6p7"):
+    def __init__(self, backbone: nn.Module, out_channels: int = 256,
+                 extra: Literal["p6p7", "maxpool", "none"] = "p6p7"):
         super().__init__()
         self.body = backbone
         extra_block = {"p6p7": LastLevelP6P7(2, out_channels, out_channels), "maxpool": LastLevelMaxPool(2),

@@ -118,8 +118,8 @@ def test_froc_with_no_predictions_is_zero_and_no_targets_is_safe():
 
 
 def test_detection_collate_keeps_box_lists():
-    items = [{keys.IMAGE: torch.zeros(3, 8, 8), keys.BOXES: torch.zeros(n, 4), keys.BOX_LABELS: torch.zeros(n, dtype=torch.long),
-              keys.NAME: f"x{n}"} for n in (0, 2, 1)]
+    items = [{keys.IMAGE: torch.zeros(3, 8, 8), keys.BOXES: torch.zeros(n, 4),
+              keys.BOX_LABELS: torch.zeros(n, dtype=torch.long), keys.NAME: f"x{n}"} for n in (0, 2, 1)]
     batch = detection_collate(items)
     assert batch[keys.IMAGE].shape == (3, 3, 8, 8)
     assert [b.shape[0] for b in batch[keys.BOXES]] == [0, 2, 1]

@@ -163,7 +163,8 @@ def test_standin_learns_beyond_the_bright_spot_baseline(tmp_path):
     import run
 
     small = ["--data.init_args.num_train", "32", "--data.init_args.num_val", "4", "--data.init_args.num_test", "32",
-             "--data.init_args.image_size", "[128, 80]", "--trainer.max_epochs", "3", "--trainer.log_every_n_steps", "1",
+             "--data.init_args.image_size", "[128, 80]", "--trainer.max_epochs", "3",
+             "--trainer.log_every_n_steps", "1",
              "--model.init_args.max_figure_images", "2"]
     csv_logger = json.dumps({"class_path": "lightning.pytorch.loggers.CSVLogger",
                              "init_args": {"save_dir": str(tmp_path / "csv"), "name": "", "version": ""}})

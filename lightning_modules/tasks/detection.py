@@ -72,7 +72,8 @@ class DetectionTask(BaseTask):
         self.input_key, self.boxes_key, self.labels_key, self.name_key = input_key, boxes_key, labels_key, name_key
         self.max_figure_images = max_figure_images
         if warmup_steps < 0 or not 0.0 < warmup_ratio <= 1.0:
-            raise ValueError(f"warmup_steps must be >= 0 and warmup_ratio in (0, 1], got {warmup_steps}, {warmup_ratio}")
+            raise ValueError(f"warmup_steps must be >= 0 and warmup_ratio in (0, 1], "
+                             f"got {warmup_steps}, {warmup_ratio}")
         self.warmup_steps, self.warmup_ratio = warmup_steps, warmup_ratio
         self._warmup_base: Optional[list[float]] = None
         metric_args = dict(iou_threshold=iou_threshold, fppi=tuple(fppi), aufc_limits=tuple(aufc_limits),
