@@ -395,8 +395,8 @@ class HarmonizedSegmentationTask(SegmentationTask):
     over the whole set (:class:`BinnedCalibrationError`, ``calibration_bins`` bins).
 
     Args:
-        test_noise: ``{"type": "gaussian"|"bernoulli", "level": 0.01}`` adds that noise to every test image
-            (all test sets) before the network; ``None``: clean test images.
+        test_noise: ``gaussian`` or ``bernoulli`` adds that noise (:func:`add_noise`, ``noise_level``: 0.01 in the
+            paper) to every test image (all test sets) before the network; ``None``: clean test images.
         loss: e.g. :class:`HarmonizedLoss` (``spectral_weight`` 0.2; 0 = the baselines); ``None``: the family's
             BCE/CE + Dice from ``bce_weight``/``dice_weight``.
         normalization: how the datamodule normalised the images (``imagenet`` or ``unit``), so the noise is
@@ -406,7 +406,8 @@ class HarmonizedSegmentationTask(SegmentationTask):
     """
 
     def __init__(self, network: nn.Module, num_classes: int = 1, loss: Optional[nn.Module] = None,
-                 calibration_bins: int = 15, test_noise: Optional[dict] = None,
+                 calibration_bins: int = 15,
+                 test_noise: Optional[Literal["gaussian", "bernoulli"]] = None, noise_level: float = 0.01,
                  normalization: Literal["imagenet", "unit"] = "imagenet", noise_seed: int = 0,
                  bce_weight: float = 1.0, dice_weight: float = 1.0, dice_smooth: float = 1e-5,
                  metric_aggregation: Literal["micro", "per_image"] = "per_image", threshold: float = 0.5,
@@ -423,13 +424,12 @@ class HarmonizedSegmentationTask(SegmentationTask):
                          scheduler_interval=scheduler_interval, loss=loss, metrics=metrics, class_names=class_names,
                          hd95=hd95, spacing=spacing, multilabel=multilabel)
         self.save_config_hyperparameters()
-        if test_noise is not None:
-            test_noise = {"type": str(test_noise["type"]), "level": float(test_noise["level"])}
-            if test_noise["type"] not in ("gaussian", "bernoulli"):
-                raise ValueError(f"test_noise.type must be gaussian or bernoulli, got {test_noise['type']!r}")
+        if test_noise not in (None, "gaussian", "bernoulli"):
+            raise ValueError(f"test_noise must be gaussian, bernoulli or None, got {test_noise!r}")
         if normalization not in ("imagenet", "unit"):
             raise ValueError(f"normalization must be imagenet or unit, got {normalization!r}")
-        self.test_noise, self.normalization, self.noise_seed = test_noise, normalization, noise_seed
+        self.test_noise, self.noise_level = test_noise, float(noise_level)
+        self.normalization, self.noise_seed = normalization, noise_seed
         self.calibration_bins = calibration_bins
         self._calibration = {}
         self._last_logits = None
@@ -449,7 +449,7 @@ class HarmonizedSegmentationTask(SegmentationTask):
             std = IMAGENET_STD if channels == 3 else (sum(IMAGENET_STD) / 3,) * channels
         else:
             mean, std = (0.0,) * channels, (1.0,) * channels
-        return add_noise(image, self.test_noise["type"], self.test_noise["level"], mean, std, self._noise_generator)
+        return add_noise(image, self.test_noise, self.noise_level, mean, std, self._noise_generator)
 
     def _predict(self, image: torch.Tensor):
         testing = self._trainer is not None and self.trainer.testing

@@ -64,16 +64,16 @@ def test_task_scores_calibration_per_test_set_and_noise_changes_predictions(tmp_
     net = TransUNet(3, 1, img_size=32, width=8, units=(1, 1, 1), hidden=32, layers=1, heads=8, mlp_dim=64,
                     head_channels=16, decoder_channels=(16, 8, 8, 8), gn_groups=4)
     results = {}
-    for noise in (None, {"type": "bernoulli", "level": 0.3}):
+    for noise in (None, "bernoulli"):
         torch.manual_seed(0)
-        task = HarmonizedSegmentationTask(net, loss=HarmonizedLoss(0.2), test_noise=noise, figure_every_n_epochs=0,
+        task = HarmonizedSegmentationTask(net, loss=HarmonizedLoss(0.2), test_noise=noise, noise_level=0.3, figure_every_n_epochs=0,
                                           optimizer=lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9))
         trainer = L.Trainer(max_epochs=1 if noise is None else 0, logger=False, enable_progress_bar=False,
                             enable_checkpointing=False, default_root_dir=tmp_path, enable_model_summary=False)
         if noise is None:
             trainer.fit(task, datamodule=dm)
         results[str(noise)] = {k: float(v) for k, v in trainer.test(task, datamodule=dm, verbose=False)[0].items()}
-    clean, noisy = results["None"], results[str({"type": "bernoulli", "level": 0.3})]
+    clean, noisy = results["None"], results["bernoulli"]
     for prefix in ("test", "test/polypgen"):
         assert 0 <= clean[f"{prefix}/ece"] <= clean[f"{prefix}/mce"] <= 1
     assert clean["test/polypgen/num_images"] == 9
