@@ -1,7 +1,8 @@
 """Offline stand-in of LLDif: the 7-class synthetic expression faces of ``synthetic_fer`` (shared renderer: each
 class an action-unit geometry, random identity, pose, light, background), darkened by LLDif's Lightroom law
-(``datamodules.low_light``), with the renderer's 68 landmarks as the batch's ``landmarks`` (B, 68, 2) (x, y in
-[0, 1]) for DLNet. The clear (normal-light) test images are the further test set ``normal_light``.
+(``datamodules.low_light``), with the renderer's 68 landmarks as the batch's ``landmarks`` (B, 68, 2) for DLNet (x, y
+normalised to the image; a chin point may fall just outside where the face leaves the frame). The clear
+(normal-light) test images are the further test set ``normal_light``.
 
 Landmarks are exact only without geometric augmentation, so the stand-in takes none (``augmentation: none``).
 """
