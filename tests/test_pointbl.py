@@ -100,6 +100,27 @@ def test_partial_cross_entropy_and_boundary_loss_match_references():
     assert torch.isfinite(PartialCrossEntropy()(logits, torch.full_like(points, IGNORE)))
 
 
+def test_dense_crf_loss_matches_the_dense_kernel_and_its_gradient():
+    from lightning_modules.losses.point_supervision import DenseCRFLoss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 8, 10, requires_grad=True)
+    image = torch.rand(2, 1, 8, 10)
+    value = DenseCRFLoss(weight=0.5, sigma_rgb=30, sigma_xy=5, scale=1.0, chunk=7)(logits, image)
+    s = torch.softmax(logits, 1)
+    ys, xs = torch.meshgrid(torch.arange(8), torch.arange(10), indexing="ij")
+    position = torch.stack([ys, xs], -1).reshape(-1, 2).float() / 5
+    expected = 0.0
+    for b in range(2):
+        f = torch.cat([image[b].reshape(1, -1).T * 255 / 30, position], 1)
+        w = torch.exp(-0.5 * torch.cdist(f, f) ** 2)
+        expected = expected + 0.5 * sum(s[b, k].flatten() @ w @ (1 - s[b, k].flatten()) for k in range(3))
+    assert torch.allclose(value, expected, rtol=1e-5)
+    (grad,) = torch.autograd.grad(value, logits)
+    (reference,) = torch.autograd.grad(expected, logits)
+    assert torch.allclose(grad, reference, atol=1e-5)
+
+
 def test_enet_shapes():
     network = ENet(in_channels=1, num_classes=4)
     assert network(torch.randn(2, 1, 32, 48)).shape == (2, 4, 32, 48)

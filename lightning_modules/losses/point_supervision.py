@@ -50,30 +50,39 @@ class BoundaryLoss(nn.Module):
 
 
 class PointBoundaryLoss(nn.Module):
-    """``partial CE + alpha * boundary loss`` (PointBL Eq. 5); ``alpha = 0``: the partial CE alone (lower bound).
+    """``partial CE + alpha * boundary loss`` (PointBL Eq. 5); ``alpha = 0``: the partial CE alone (lower bound);
+    ``crf``: a ``DenseCRFLoss`` added to it (the CRF-loss baseline, which needs the image).
 
-    ``terms(logits, points, distance_maps)`` returns ``{"loss", "pce", "boundary"}``.
+    ``terms(logits, points, distance_maps, image)`` returns ``{"loss", "pce", "boundary", "crf"}`` (those used).
     """
 
-    def __init__(self, alpha: float = 1.0, classes: Optional[Sequence[int]] = None, ignore_index: int = -1) -> None:
+    def __init__(self, alpha: float = 1.0, classes: Optional[Sequence[int]] = None, ignore_index: int = -1,
+                 crf: Optional[nn.Module] = None) -> None:
         super().__init__()
         self.alpha = float(alpha)
+        self.crf = crf
         self.partial_ce = PartialCrossEntropy(classes, ignore_index)
         self.boundary = BoundaryLoss(classes)
 
-    def terms(self, logits: torch.Tensor, points: torch.Tensor,
-              distance_maps: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+    def terms(self, logits: torch.Tensor, points: torch.Tensor, distance_maps: Optional[torch.Tensor] = None,
+              image: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         pce = self.partial_ce(logits, points)
-        if self.alpha == 0.0:
-            return {"loss": pce, "pce": pce}
-        if distance_maps is None:
-            raise ValueError("the boundary loss (alpha > 0) needs the batch's distance maps")
-        boundary = self.boundary(logits, distance_maps)
-        return {"loss": pce + self.alpha * boundary, "pce": pce, "boundary": boundary}
+        out = {"loss": pce, "pce": pce}
+        if self.alpha != 0.0:
+            if distance_maps is None:
+                raise ValueError("the boundary loss (alpha > 0) needs the batch's distance maps")
+            out["boundary"] = self.boundary(logits, distance_maps)
+            out["loss"] = out["loss"] + self.alpha * out["boundary"]
+        if self.crf is not None:
+            if image is None:
+                raise ValueError("the CRF loss needs the image")
+            out["crf"] = self.crf(logits, image)
+            out["loss"] = out["loss"] + out["crf"]
+        return out
 
-    def forward(self, logits: torch.Tensor, points: torch.Tensor,
-                distance_maps: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return self.terms(logits, points, distance_maps)["loss"]
+    def forward(self, logits: torch.Tensor, points: torch.Tensor, distance_maps: Optional[torch.Tensor] = None,
+                image: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.terms(logits, points, distance_maps, image)["loss"]
 
 
 class DenseCrossEntropy(nn.Module):
@@ -82,3 +91,60 @@ class DenseCrossEntropy(nn.Module):
 
     def forward(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), mask[:, 0].long())
+
+
+class _DenseCRFEnergy(torch.autograd.Function):
+    """sum_k s_k^T W (1 - s_k) with the dense Gaussian affinity W_ij = exp(-|f_i - f_j|^2 / 2) of features f, built
+    ``chunk`` rows at a time and never stored (its gradient is W (1 - 2 s_k), W being symmetric)."""
+
+    @staticmethod
+    def _affinity_product(features: torch.Tensor, values: torch.Tensor, chunk: int) -> torch.Tensor:
+        out = torch.empty_like(values)
+        for start in range(0, features.shape[0], chunk):
+            w = torch.exp(-0.5 * torch.cdist(features[start:start + chunk], features).square())
+            out[start:start + chunk] = w @ values
+        return out
+
+    @staticmethod
+    def forward(ctx, probabilities: torch.Tensor, features: torch.Tensor, chunk: int) -> torch.Tensor:
+        ctx.save_for_backward(probabilities, features)
+        ctx.chunk = chunk
+        return (probabilities * _DenseCRFEnergy._affinity_product(features, 1 - probabilities, chunk)).sum()
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        probabilities, features = ctx.saved_tensors
+        grad = _DenseCRFEnergy._affinity_product(features, 1 - 2 * probabilities, ctx.chunk)
+        return grad_output * grad, None, None
+
+
+class DenseCRFLoss(nn.Module):
+    """The DenseCRF loss of Tang et al. (ECCV 2018), the paper's CRF-loss baseline: ``weight x sum over images and
+    classes of S_k^T W (1 - S_k)`` with the dense bilateral Gaussian kernel W on (intensity / sigma_rgb, position /
+    sigma_xy), computed exactly (chunked O(N^2), no permutohedral lattice) on images and softmax outputs resized by
+    ``scale``. ``intensity_scale`` maps the input image to the 0-255 range sigma_rgb is meant for."""
+
+    def __init__(self, weight: float = 2e-9, sigma_rgb: float = 15.0, sigma_xy: float = 100.0, scale: float = 0.5,
+                 intensity_scale: float = 255.0, chunk: int = 4096) -> None:
+        super().__init__()
+        self.weight, self.sigma_rgb, self.sigma_xy = float(weight), float(sigma_rgb), float(sigma_xy)
+        self.scale, self.intensity_scale, self.chunk = float(scale), float(intensity_scale), int(chunk)
+
+    def forward(self, logits: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        probabilities = torch.softmax(logits.float(), dim=1)
+        image = image.float() * self.intensity_scale
+        if self.scale != 1.0:
+            probabilities = F.interpolate(probabilities, scale_factor=self.scale, mode="bilinear", align_corners=False)
+            image = F.interpolate(image, scale_factor=self.scale, mode="bilinear", align_corners=False)
+        height, width = image.shape[2:]
+        ys, xs = torch.meshgrid(torch.arange(height, device=image.device), torch.arange(width, device=image.device),
+                                indexing="ij")
+        # positions in the original resolution's pixels (the kernel's sigma_xy is meant for it)
+        position = torch.stack([ys, xs], -1).reshape(-1, 2).float() / self.scale / self.sigma_xy
+        total = logits.new_zeros((), dtype=torch.float32)
+        for b in range(image.shape[0]):
+            colour = image[b].reshape(image.shape[1], -1).T / self.sigma_rgb
+            features = torch.cat([colour, position], 1).contiguous()
+            total = total + _DenseCRFEnergy.apply(probabilities[b].reshape(probabilities.shape[1], -1).T.contiguous(),
+                                                  features, self.chunk)
+        return self.weight * total

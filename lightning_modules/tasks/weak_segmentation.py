@@ -53,6 +53,7 @@ class WeakSegmentationTask(SegmentationTask):
     Args (beyond ``SegmentationTask``'s, which are passed through):
         supervision: ``points`` (partial CE + ``alpha`` x boundary loss) or ``full`` (dense CE on ``mask``).
         alpha: boundary-loss weight (0: partial CE alone).
+        crf_loss: a ``losses.point_supervision.DenseCRFLoss`` added to the point loss (the CRF-loss baseline).
         points_key, distance_key: batch keys of the point labels and the distance maps.
         volume_metrics: restack slices per ``volume`` and log 3D Dice (and HD95 at test, ``hd95_3d``).
         monitor_metric: ``val/dice_3d`` (default), or any ``SegmentationTask`` monitor.
@@ -61,7 +62,7 @@ class WeakSegmentationTask(SegmentationTask):
     def __init__(self, network: nn.Module, num_classes: int = 4, supervision: Literal["points", "full"] = "points",
                  alpha: float = 1.0, points_key: str = keys.POINTS, distance_key: str = keys.DISTANCE_MAPS,
                  volume_metrics: bool = True, hd95_3d: bool = True, monitor_metric: str = "val/dice_3d",
-                 **kwargs) -> None:
+                 crf_loss: Optional[nn.Module] = None, **kwargs) -> None:
         if supervision not in ("points", "full"):
             raise ValueError(f"supervision must be points or full, got {supervision!r}")
         if monitor_metric == "val/dice_3d" and not volume_metrics:
@@ -72,7 +73,7 @@ class WeakSegmentationTask(SegmentationTask):
         self.save_config_hyperparameters()
         self.supervision = supervision
         self.alpha = float(alpha)
-        self.point_loss = PointBoundaryLoss(alpha)
+        self.point_loss = PointBoundaryLoss(alpha, crf=crf_loss)
         self.points_key, self.distance_key = points_key, distance_key
         self.volume_metrics, self.hd95_3d = volume_metrics, hd95_3d
         if monitor_metric == "val/dice_3d":
@@ -86,7 +87,7 @@ class WeakSegmentationTask(SegmentationTask):
         keys.require(batch, self.input_key, self.points_key, task=type(self).__name__)
         image, points = batch[self.input_key], batch[self.points_key]
         logits = _as_outputs(self.network(image))[0]
-        terms = self.point_loss.terms(logits, points, batch.get(self.distance_key) if self.alpha else None)
+        terms = self.point_loss.terms(logits, points, batch.get(self.distance_key) if self.alpha else None, image)
         for name, value in terms.items():
             self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=image.shape[0])
         return terms["loss"]
