@@ -39,8 +39,8 @@ SYNAPSE_LAYOUT = """<data_dir>/                      (TransUNet's preprocessed S
 
 
 class SliceDataset(Dataset):
-    """2-D slices from ``loaders`` (each ``() -> (image (H, W) float32 in [0, 1], labels (H, W) int)``), resized,
-    augmented, as ``{image (1, H, W) float, mask (1, H, W) long, name}``."""
+    """2-D images from ``loaders`` (each ``() -> (image (H, W) or (H, W, C) float32 in [0, 1], labels (H, W) int)``),
+    resized, augmented, as ``{image (C, H, W) float, mask (1, H, W) long, name}``."""
 
     def __init__(self, loaders: Sequence[Callable[[], tuple[np.ndarray, np.ndarray]]], names: Sequence[str],
                  image_size: tuple[int, int], augmentation: Sequence = ()):
@@ -55,7 +55,8 @@ class SliceDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         image, labels = self.loaders[index]()
         out = self.transform(image=np.asarray(image, dtype=np.float32), mask=np.asarray(labels, dtype=np.uint8))
-        return {IMAGE: torch.from_numpy(np.ascontiguousarray(out["image"]))[None].float(),
+        image = out["image"] if out["image"].ndim == 3 else out["image"][..., None]  # (H, W[, C]) -> (C, H, W)
+        return {IMAGE: torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float(),
                 MASK: torch.from_numpy(np.ascontiguousarray(out["mask"]))[None].long(), NAME: self.names[index]}
 
 

@@ -244,3 +244,58 @@ def test_acdc_frames_split_by_patient(tmp_path):
     (tmp_path / "training" / "patient003" / "patient003_frame12.nii.gz").unlink()
     with pytest.raises(DatasetError, match="label without its frame"):
         ACDCSliceDataModule(str(tmp_path), num_workers=0).setup()
+
+
+def test_monuseg_xml_polygons_rasterised(tmp_path):
+    from datamodules.monuseg import MoNuSegDataModule, rasterise_xml
+
+    xml = ('<Annotations><Annotation><Regions><Region><Vertices><Vertex X="2" Y="2"/><Vertex X="10" Y="2"/>'
+           '<Vertex X="10" Y="8"/><Vertex X="2" Y="8"/></Vertices></Region><Region><Vertices><Vertex X="20" Y="20"/>'
+           '<Vertex X="28" Y="20"/><Vertex X="24" Y="28"/></Vertices></Region></Regions></Annotation></Annotations>')
+    train, test = tmp_path / "MoNuSeg 2018 Training Data", tmp_path / "MoNuSegTestData"
+    for i in range(4):
+        _rgb(train / "Tissue Images" / f"TCGA-{i}.tif", (32, 32))
+        (train / "Annotations").mkdir(parents=True, exist_ok=True)
+        (train / "Annotations" / f"TCGA-{i}.xml").write_text(xml)
+    _rgb(test / "TCGA-T.tif", (32, 32))
+    (test / "TCGA-T.xml").write_text(xml)
+    mask = rasterise_xml(test / "TCGA-T.xml", (32, 32))
+    assert mask[5, 5] == 1 and mask[2:9, 2:11].all() and mask[22, 24] == 1 and mask[15, 15] == 0
+    dm = MoNuSegDataModule(str(tmp_path), image_size=32, val_images=1, num_workers=0)
+    dm.setup()
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (3, 1, 1)
+    sample = dm.test_set[0]
+    assert sample["image"].shape == (3, 32, 32) and torch.equal(sample["mask"][0], torch.from_numpy(mask).long())
+    (train / "Annotations" / "TCGA-2.xml").unlink()
+    with pytest.raises(DatasetError, match="without its annotation"):
+        MoNuSegDataModule(str(tmp_path), num_workers=0).setup()
+
+
+def test_btseg_mat_release_split_by_patient(tmp_path):
+    from datamodules.btseg import BTSegDataModule
+
+    rng = np.random.default_rng(0)
+    for n in range(1, 11):
+        folder = tmp_path / ("brainTumorDataPublic_1-766" if n < 6 else "brainTumorDataPublic_767-1532")
+        folder.mkdir(exist_ok=True)
+        mask = np.zeros((40, 36), np.uint8)
+        mask[5:15, 8:20] = 1
+        with h5py.File(folder / f"{n}.mat", "w") as f:
+            f["cjdata/label"] = np.array([[1.0 + n % 3]])
+            f["cjdata/PID"] = np.array([[ord(c)] for c in f"P{n // 2}"], dtype=np.uint16)
+            f["cjdata/image"] = (rng.random((40, 36)) * 1000).astype(np.int16).T  # MATLAB: stored transposed
+            f["cjdata/tumorMask"] = mask.T
+    dm = BTSegDataModule(str(tmp_path), image_size=32, num_workers=0)
+    dm.setup()
+    assert len(dm.train_set) + len(dm.test_set) == 10 and len(dm.test_set) >= 1  # 6 patients: no val patient
+    assert dm.val_set is dm.test_set
+    with_val = BTSegDataModule(str(tmp_path), image_size=32, val_fraction=0.4, num_workers=0)
+    with_val.setup()
+    assert len(with_val.train_set) + len(with_val.val_set) + len(with_val.test_set) == 10
+    patient = lambda s: {int(n) // 2 for n in s.names}  # noqa: E731
+    assert not patient(dm.train_set) & patient(dm.test_set)
+    sample = dm.train_set[0]
+    assert sample["image"].shape == (1, 32, 32) and sample["mask"].sum() > 0
+    with pytest.raises(DatasetError, match="found 0"):
+        (tmp_path / "empty").mkdir()
+        BTSegDataModule(str(tmp_path / "empty"), num_workers=0).setup()
