@@ -15,6 +15,7 @@ from lightning_modules.harmss import HarmonizedLoss, HarmonizedSegmentationTask,
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "experiments" / "harmss_demo.yaml"
 SMALL = ["--data.init_args.num_train", "96", "--data.init_args.num_val", "16", "--data.init_args.num_test", "16",
+         "--data.init_args.num_shifted", "16",
          "--data.init_args.image_size", "32", "--data.init_args.num_workers", "0",
          "--model.init_args.network.init_args.decoder_channels", "[32, 16, 16, 8, 8]",
          "--model.init_args.figure_every_n_epochs", "0", "--trainer.max_epochs", "4",
@@ -28,6 +29,8 @@ def test_demo_learns_and_beats_all_background(tmp_path):
     assert metrics["test/dice_all_background"] == 0.0
     assert metrics["test/dice"] > 0.6  # trivial baseline: 0
     assert 0 <= metrics["test/ece"] <= metrics["test/mce"] <= 1 and metrics["test/hd95"] >= 0
+    assert metrics["test/shifted/num_images"] == 16 and metrics["test/shifted/dice_all_background"] == 0.0
+    assert metrics["test/shifted/dice"] > 0.3 and 0 <= metrics["test/shifted/ece"] <= 1  # OOD: lower, above baseline
     batch = next(iter(cli.datamodule.val_dataloader()))
     torch.manual_seed(0)
     untrained = UNetR50(3, 1, backbone="resnet18", decoder_channels=(32, 16, 16, 8, 8)).eval()
