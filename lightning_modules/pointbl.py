@@ -112,7 +112,7 @@ class ENet(nn.Module):
 
         self.stage2, self.stage3 = stage(), stage()
         self.up4 = UpsamplingBottleneck(8 * k, 4 * k, factor, dropout)
-        self.stage4 = nn.Sequential(Bottleneck(4 * k, factor, dropout=dropout), Bottleneck(4 * k, factor, dropout=dropout))
+        self.stage4 = nn.Sequential(*[Bottleneck(4 * k, factor, dropout=dropout) for _ in range(2)])
         self.up5 = UpsamplingBottleneck(4 * k, k, factor, dropout)
         self.stage5 = Bottleneck(k, factor, dropout=dropout)
         self.head = nn.ConvTranspose2d(k, num_classes, 2, stride=2)
