@@ -88,7 +88,8 @@ class CoarseLoFTR(nn.Module):
         own = self.state_dict()
         loaded = {}
         for key, value in state.items():
-            key = key.removeprefix("matcher.")
+            # "network.matcher.*": a Lightning checkpoint of MatchingPretext (experiments/unfema_pretrain_demo.yaml)
+            key = key.removeprefix("network.").removeprefix("matcher.")
             if key in own:
                 loaded[key] = value
             elif not key.startswith(("loftr_fine.", "fine_preprocess.")) and not any(
@@ -410,3 +411,95 @@ class UnFeMa(nn.Module):
         if self.training:
             return self.dlt(self.match(moving, fixed), fixed.shape[2:], moving.shape[2:])
         return self.search(moving, fixed)
+
+
+# -- self-supervised matching pre-training (stands in for the MegaDepth LoFTR weights) ---------------------------
+
+
+def random_pixel_affines(n: int, shape: Sequence[int], generator: Optional[torch.Generator] = None,
+                         max_rotation: float = 30.0, scale_range: Sequence[float] = (0.85, 1.15),
+                         max_shear: float = 5.0, max_translation: float = 0.1, device=None) -> torch.Tensor:
+    """(n, 3, 3) random pixel affines (target (x, y) -> source (x, y)) about the image centre."""
+    h, w = shape
+    uniform = lambda low, high, size=(n,): low + (high - low) * torch.rand(size, generator=generator)  # noqa: E731
+    angle = torch.deg2rad(uniform(-max_rotation, max_rotation))
+    scale = uniform(scale_range[0], scale_range[1], (n, 2))
+    shear = torch.tan(torch.deg2rad(uniform(-max_shear, max_shear)))
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    rotation = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
+    shear_m = torch.eye(2).repeat(n, 1, 1)
+    shear_m[:, 0, 1] = shear
+    linear = rotation @ shear_m @ torch.diag_embed(scale)
+    centre = torch.tensor([(w - 1) / 2.0, (h - 1) / 2.0])
+    shift = uniform(-max_translation, max_translation, (n, 2)) * torch.tensor([float(w), float(h)])
+    matrix = torch.eye(3).repeat(n, 1, 1)
+    matrix[:, :2, :2] = linear
+    matrix[:, :2, 2] = centre + shift - (linear @ centre)
+    return matrix.to(device)
+
+
+class MatchingPretext(nn.Module):
+    """Self-supervised pre-training of UnFeMa's coarse matcher on synthetic affine pairs with known correspondences.
+
+    Not in the paper: it stands in for the MegaDepth LoFTR weights that UnFeMa starts from (unavailable offline).
+    Each image is matched against a copy of itself seen through a random affine (``random_pixel_affines``) and a
+    random photometric change (gamma, contrast, Gaussian noise), so the correspondence of every coarse cell is
+    known; the loss is LoFTR's coarse cross-entropy ``-log P_c(i, j_gt)`` over the cells whose true position lies
+    inside the other image. ``forward(image) -> {"loss", "precision"}`` (precision: the fraction of those cells
+    whose best match is their true cell), the interface of the self-supervised family
+    (``lightning_modules.tasks.ssl_pretraining``); the checkpoint loads into ``UnFeMa(pretrained=...)``.
+
+    Args: the matcher's (see :class:`CoarseLoFTR`); temperature as UnFeMa's; stride: pixels per coarse cell;
+        max_rotation, scale_range, max_shear, max_translation: the random affine; gamma_range, noise_std: the
+        photometric change of each view.
+    """
+
+    def __init__(self, initial_dim: int = 128, block_dims: Sequence[int] = (128, 196, 256), nhead: int = 8,
+                 n_layers: int = 4, attention: Literal["linear", "full", "quadtree"] = "linear",
+                 temp_bug_fix: bool = True, temperature: float = 0.1, stride: int = 8, max_rotation: float = 30.0,
+                 scale_range: Sequence[float] = (0.85, 1.15), max_shear: float = 5.0, max_translation: float = 0.1,
+                 gamma_range: Sequence[float] = (0.7, 1.4), noise_std: float = 0.03):
+        super().__init__()
+        self.matcher = CoarseLoFTR(initial_dim, block_dims, nhead, n_layers, attention, temp_bug_fix)
+        self.temperature, self.stride = temperature, stride
+        self.affine_args = dict(max_rotation=max_rotation, scale_range=tuple(scale_range), max_shear=max_shear,
+                                max_translation=max_translation)
+        self.gamma_range, self.noise_std = tuple(gamma_range), noise_std
+
+    def _photometric(self, image: torch.Tensor) -> torch.Tensor:
+        n = image.shape[0]
+        low, high = self.gamma_range
+        gamma = low + (high - low) * torch.rand(n, 1, 1, 1, device=image.device)
+        contrast = 0.8 + 0.4 * torch.rand(n, 1, 1, 1, device=image.device)
+        out = image.clamp(0, 1) ** gamma * contrast + self.noise_std * torch.randn_like(image)
+        return out.clamp(0, 1)
+
+    def pairs(self, image: torch.Tensor):
+        """(source, target, matrix): the target is the source through the pixel affine ``matrix`` (target -> source)."""
+        shape = tuple(image.shape[2:])
+        matrix = random_pixel_affines(image.shape[0], shape, device=image.device, **self.affine_args)
+        theta = pixel_matrix_to_theta(matrix, shape)
+        target = warp(image, affine_to_displacement(theta, shape))
+        return self._photometric(image), self._photometric(target), matrix
+
+    def ground_truth(self, matrix: torch.Tensor, hw0, hw1) -> tuple[torch.Tensor, torch.Tensor]:
+        """For every coarse cell i of the source: its true cell j of the target (B, L) and whether it lies inside."""
+        i = torch.arange(hw0[0] * hw0[1], device=matrix.device)
+        points = torch.stack([i % hw0[1], i // hw0[1], torch.ones_like(i)], -1).to(matrix.dtype)
+        points[:, :2] *= self.stride
+        in_target = (torch.linalg.inv(matrix) @ points.T).transpose(1, 2)[..., :2] / self.stride  # (B, L, 2)
+        cell = in_target.round().long()
+        inside = (cell[..., 0] >= 0) & (cell[..., 0] < hw1[1]) & (cell[..., 1] >= 0) & (cell[..., 1] < hw1[0])
+        j = cell[..., 1].clamp(0, hw1[0] - 1) * hw1[1] + cell[..., 0].clamp(0, hw1[1] - 1)
+        return j, inside
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        source, target, matrix = self.pairs(image)
+        feat0, feat1, hw0, hw1 = self.matcher(source, target)
+        _, conf = dual_softmax(feat0, feat1, self.temperature)
+        j, inside = self.ground_truth(matrix, hw0, hw1)
+        p = conf.gather(2, j.unsqueeze(-1)).squeeze(-1)
+        count = inside.sum().clamp_min(1)
+        loss = -(torch.log(p.clamp_min(1e-6)) * inside).sum() / count
+        precision = ((conf.argmax(2) == j) & inside).sum() / count
+        return {"loss": loss, "precision": precision.detach()}

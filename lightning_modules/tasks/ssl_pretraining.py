@@ -65,12 +65,14 @@ class SelfDistillationPretraining(BaseTask):
         require(batch, self.input_key, task=type(self).__name__)
         out = self(batch[self.input_key])
         self._log_losses(out, "train", batch[self.input_key].shape[0])
-        self.log("train/ema_decay", self.current_ema_decay(), batch_size=batch[self.input_key].shape[0])
+        if hasattr(self.network, "update_teacher"):
+            self.log("train/ema_decay", self.current_ema_decay(), batch_size=batch[self.input_key].shape[0])
         return out["loss"]
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         # Once per optimiser update (global_step counts updates, also with gradient accumulation).
-        if self.global_step != self._last_teacher_step:
+        # A network without ``update_teacher`` (a plain self-supervised pretext loss) has no teacher to update.
+        if self.global_step != self._last_teacher_step and hasattr(self.network, "update_teacher"):
             self._last_teacher_step = self.global_step
             self.network.update_teacher(self.current_ema_decay())
 
