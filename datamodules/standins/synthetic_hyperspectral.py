@@ -30,7 +30,7 @@ from datamodules.mdc import CUBE_DIR, MASK_DIR, SPLIT_FILE, HyperspectralDataset
 
 
 def synthetic_scene(rng: np.random.Generator, bands: int = 60, size: Sequence[int] = (64, 96),
-                    depth: float = 0.05, slope: float = 0.03, noise: float = 0.03,
+                    depth: float = 0.05, slope: float = 0.03, noise: float = 0.03, dip_width: float = 0.06,
                     lesion: Optional[bool] = None) -> tuple[np.ndarray, np.ndarray]:
     """(H, W, C) float32 cube and (H, W) uint8 mask (0/255)."""
     h, w = size
@@ -39,7 +39,7 @@ def synthetic_scene(rng: np.random.Generator, bands: int = 60, size: Sequence[in
     s_bg = 0.3 + sum(a * np.exp(-0.5 * ((lam - c) / s) ** 2)
                      for a, c, s in zip(rng.uniform(0.5, 1.0, 2), centres, widths))
     dip_centre = rng.uniform(30, 42) / (bands - 1)
-    dip = np.exp(-0.5 * ((lam - dip_centre) / 0.06) ** 2)
+    dip = np.exp(-0.5 * ((lam - dip_centre) / dip_width) ** 2)
     s_lesion = s_bg * (1 - depth * dip) * (1 + slope * (lam - 0.5))
     texture = gaussian_filter(rng.standard_normal((h, w)), sigma=rng.uniform(2.0, 4.0))
     texture = 1.0 + 0.5 * np.clip(texture / (texture.std() + 1e-8), -2, 2) / 2
@@ -85,10 +85,11 @@ class SyntheticHyperspectralDataModule(BaseDataModule):
 
     def __init__(self, num_images: Sequence[int] = (48, 12, 12), bands: int = 60,
                  image_size: Sequence[int] = (64, 96), depth: float = 0.05, slope: float = 0.03,
-                 noise: float = 0.03, augment: bool = True, augment_p: float = 0.2, seed: int = 0, **kwargs):
+                 noise: float = 0.03, dip_width: float = 0.06, augment: bool = True, augment_p: float = 0.2, seed: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.num_images, self.seed = tuple(num_images), seed
-        self.scene_kwargs = dict(bands=bands, size=tuple(image_size), depth=depth, slope=slope, noise=noise)
+        self.scene_kwargs = dict(bands=bands, size=tuple(image_size), depth=depth, slope=slope, noise=noise,
+                                 dip_width=dip_width)
         self.augment, self.augment_p = augment, augment_p
 
     def setup(self, stage: Optional[str] = None) -> None:
