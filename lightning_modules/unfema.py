@@ -503,3 +503,60 @@ class MatchingPretext(nn.Module):
         loss = -(torch.log(p.clamp_min(1e-6)) * inside).sum() / count
         precision = ((conf.argmax(2) == j) & inside).sum() / count
         return {"loss": loss, "precision": precision.detach()}
+
+
+# -- baseline ------------------------------------------------------------------------------------------------
+
+
+class SIFTAffine(nn.Module):
+    """Table 1's SIFT baseline: OpenCV SIFT keypoints of the (rotated) source and the target, Lowe's ratio test,
+    scikit-image RANSAC affine; the initial alignment is the same rotation search as UnFeMa's (the paper's
+    "Exhaustive Search" is not specified further), the best global NCC wins. No parameters: evaluate it with
+    ``python run.py test``. ``forward(moving, fixed) -> theta`` (B, 2, 3), the registration family's convention.
+
+    Args: angles (degrees), ratio (Lowe's ratio test), ransac_threshold (pixels), ransac_trials.
+    """
+
+    def __init__(self, angles: Sequence[float] = (0.0, 90.0, 180.0, 270.0), ratio: float = 0.8,
+                 ransac_threshold: float = 8.0, ransac_trials: int = 1000):
+        super().__init__()
+        self.angles = tuple(float(a) for a in angles)
+        self.ratio, self.ransac_threshold, self.ransac_trials = ratio, ransac_threshold, ransac_trials
+
+    def _keypoints(self, image: torch.Tensor):
+        import cv2
+
+        grey = (image[0].detach().float().clamp(0, 1).cpu().numpy() * 255).astype(np.uint8)
+        points, descriptors = cv2.SIFT_create().detectAndCompute(grey, None)
+        return np.array([p.pt for p in points], np.float64).reshape(-1, 2), descriptors
+
+    def affine(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        """(3, 3) pixel affine target -> source of one (1, H, W) pair; the identity when it cannot be estimated."""
+        import cv2
+
+        src_points, src_desc = self._keypoints(moving)
+        dst_points, dst_desc = self._keypoints(fixed)
+        if src_desc is None or dst_desc is None or len(src_points) < 3 or len(dst_points) < 3:
+            return torch.eye(3)
+        pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(dst_desc, src_desc, k=2)
+        good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < self.ratio * p[1].distance]
+        fitted = ransac_affine(dst_points[[m.queryIdx for m in good]], src_points[[m.trainIdx for m in good]],
+                               self.ransac_threshold, self.ransac_trials)
+        return torch.eye(3) if fitted is None else torch.from_numpy(fitted).float()
+
+    @torch.no_grad()
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        shape = tuple(fixed.shape[2:])
+        best_theta = torch.eye(2, 3, device=fixed.device).repeat(fixed.shape[0], 1, 1)
+        best_score = torch.full((fixed.shape[0],), -float("inf"), device=fixed.device)
+        for angle in self.angles:
+            rotation = rotation_matrix(angle, moving.shape[2:], moving.device).expand(moving.shape[0], 3, 3)
+            theta_r = pixel_matrix_to_theta(rotation, moving.shape[2:])
+            rotated = warp(moving, affine_to_displacement(theta_r, moving.shape[2:]))
+            matrices = torch.stack([self.affine(rotated[b], fixed[b]) for b in range(fixed.shape[0])]).to(fixed.device)
+            theta = pixel_matrix_to_theta(rotation @ matrices, shape, moving.shape[2:])
+            score = global_ncc(warp(moving, affine_to_displacement(theta, shape)), fixed)
+            better = score > best_score
+            best_theta = torch.where(better.view(-1, 1, 1), theta, best_theta)
+            best_score = torch.where(better, score, best_score)
+        return best_theta

@@ -491,3 +491,23 @@ def test_pretext_pretraining_learns_to_match(tmp_path):
     after_tre = nan_median((mapped[..., :2] - test["moving_landmarks"]).norm(dim=-1) / diagonal)  # MrTRE per pair
     before_tre = nan_median((fixed - test["moving_landmarks"]).norm(dim=-1) / diagonal)
     assert float(after_tre.median()) < 0.9 * float(before_tre.median())  # MMrTRE (seen: 0.048 vs 0.063)
+
+
+def test_sift_baseline_registers_standin_pairs_and_undoes_a_quarter_turn():
+    from lightning_modules.unfema import SIFTAffine
+
+    pairs = SyntheticIHCPairs(4, seed=5)
+    batch = torch.utils.data.default_collate([pairs[i] for i in range(4)])
+    model = SIFTAffine(ransac_threshold=2.0, ransac_trials=300)
+    for quarter in (False, True):
+        moving, moving_points = batch["moving"], batch["moving_landmarks"].double()
+        if quarter:  # the source turned by 90 deg: the rotation search has to find it
+            moving = torch.rot90(moving, 1, (2, 3))
+            moving_points = torch.stack([moving_points[..., 1], 127 - moving_points[..., 0]], -1)
+        matrix = theta_to_pixel_matrix(model(moving, batch["fixed"]), (128, 128), (128, 128)).double()
+        fixed = batch["fixed_landmarks"].double()
+        mapped = torch.cat([fixed, torch.ones_like(fixed[..., :1])], -1) @ matrix.transpose(1, 2)
+        diagonal = batch["diagonal"].double()[:, None]
+        after = nan_median((mapped[..., :2] - moving_points).norm(dim=-1) / diagonal)
+        before = nan_median((fixed - moving_points).norm(dim=-1) / diagonal)
+        assert float(after.max()) < 0.02 and float(after.median()) < 0.3 * float(before.median())
