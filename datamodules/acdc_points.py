@@ -14,29 +14,16 @@ point labels and distance maps: ``datamodules.point_slices``.
 from __future__ import annotations
 
 import random
-import re
 from pathlib import Path
 from typing import Literal, Optional, Sequence
 
 import numpy as np
 
+from datamodules.acdc import LAYOUT, labelled_frames, patient_dirs, training_root
 from datamodules.base import DatasetError
 from datamodules.point_slices import PointSliceDataModule
 
-LAYOUT = """<data_dir>/training/patient001/patient001_frame01.nii.gz
-<data_dir>/training/patient001/patient001_frame01_gt.nii.gz
-<data_dir>/training/patient001/patient001_frame12.nii.gz
-<data_dir>/training/patient001/patient001_frame12_gt.nii.gz
-<data_dir>/training/patient001/Info.cfg
-... (patient001 - patient100)"""
 STANDIN = "experiments/pointbl_demo.yaml"
-CLASS_NAMES = ("background", "rv", "myo", "lv")
-
-
-def read_info(path: Path) -> dict[str, str]:
-    """Info.cfg (``key: value`` lines: ED, ES, Group, Height, NbFrame, Weight)."""
-    return {key.strip(): value.strip() for key, _, value in
-            (line.partition(":") for line in path.read_text().splitlines() if ":" in line)}
 
 
 def resize_volume(image: np.ndarray, labels: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -91,24 +78,13 @@ class ACDCDataModule(PointSliceDataModule):
         self.patients = None if patients is None else [list(p) for p in patients]
 
     def frames(self, patient: str) -> list[Path]:
-        folder = self.data_dir / "training" / patient
-        frames = sorted(p for p in folder.glob(f"{patient}_frame[0-9][0-9].nii.gz"))
-        if not frames:
-            raise DatasetError("no labelled frame (patientXXX_frameYY.nii.gz + _gt.nii.gz)", path=folder,
-                               layout=LAYOUT, standin_config=STANDIN)
-        for frame in frames:
-            gt = frame.with_name(frame.name.replace(".nii.gz", "_gt.nii.gz"))
-            if not gt.exists():
-                raise DatasetError("missing ground truth", path=gt, layout=LAYOUT, standin_config=STANDIN)
-        return frames
+        return [image for image, _ in labelled_frames(training_root(self.data_dir) / patient, STANDIN)]
 
     def split(self) -> dict[str, list[str]]:
         if self.patients is not None:
             return dict(zip(("train", "val", "test"), self.patients))
-        root = self.data_dir / "training"
-        if not root.is_dir():
-            raise DatasetError("ACDC training folder not found", path=root, layout=LAYOUT, standin_config=STANDIN)
-        patients = sorted(p.name for p in root.iterdir() if p.is_dir() and re.fullmatch(r"patient\d{3}", p.name))
+        patients = [p.name for p in patient_dirs(self.data_dir, STANDIN)]
+        root = training_root(self.data_dir)
         if len(patients) < sum(self.split_sizes):
             raise DatasetError(f"{len(patients)} patient folders, the split needs {sum(self.split_sizes)}",
                                path=root, layout=LAYOUT, standin_config=STANDIN,

@@ -10,21 +10,17 @@ permutation (TransUNet's split; its lists are not in the release).
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from datamodules.acdc import LAYOUT, labelled_frames, patient_dirs
 from datamodules.base import BaseDataModule, DatasetError
 from datamodules.segmentation import resolve_augmentation
 from datamodules.synapse import SliceDataset
 
 ACDC_CLASSES = ("background", "RV", "MYO", "LV")
-ACDC_LAYOUT = """<data_dir>/
-  training/patient001/patient001_frame01.nii.gz, patient001_frame01_gt.nii.gz, ... (2 annotated frames)
-  ...
-  training/patient100/..."""
 
 
 def _frame_loader(image_path: Path, label_path: Path, z: int):
@@ -46,7 +42,7 @@ class ACDCSliceDataModule(BaseDataModule):
         image_size: slice size (224); augmentation: a preset of ``datamodules.segmentation``.
     """
 
-    layout = ACDC_LAYOUT
+    layout = LAYOUT
     standin_config = "experiments/harmss_demo.yaml"
     num_labels = len(ACDC_CLASSES)
 
@@ -63,25 +59,16 @@ class ACDCSliceDataModule(BaseDataModule):
         return DatasetError(problem, path=path, layout=self.layout, standin_config=self.standin_config)
 
     def patients(self) -> list[Path]:
-        root = self.data_dir / "training" if (self.data_dir / "training").is_dir() else self.data_dir
-        if not root.is_dir():
-            raise self.error("dataset folder not found", root)
-        patients = sorted(p for p in root.iterdir() if p.is_dir() and re.fullmatch(r"patient\d{3}", p.name))
+        patients = patient_dirs(self.data_dir, self.standin_config)
         if len(patients) < 3:
-            raise self.error(f"found {len(patients)} patientXXX folders, need at least 3", root)
+            raise self.error(f"found {len(patients)} patientXXX folders, need at least 3", patients[0].parent)
         return patients
 
     def frame_slices(self, patient: Path):
         import nibabel as nib
 
-        labels = sorted(patient.glob(f"{patient.name}_frame*_gt.nii.gz"))
-        if not labels:
-            raise self.error("patient without annotated frames (patientXXX_frameYY_gt.nii.gz)", patient)
         loaders, names = [], []
-        for label in labels:
-            image = label.with_name(label.name.replace("_gt.nii.gz", ".nii.gz"))
-            if not image.is_file():
-                raise self.error("label without its frame", image)
+        for image, label in labelled_frames(patient, self.standin_config):
             depth = nib.load(str(label)).shape[2]
             loaders += [_frame_loader(image, label, z) for z in range(depth)]
             names += [f"{image.name.split('.')[0]}_slice{z:02d}" for z in range(depth)]

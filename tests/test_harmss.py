@@ -242,7 +242,7 @@ def test_acdc_frames_split_by_patient(tmp_path):
     sample = dm.train_set[0]
     assert sample["image"].shape == (1, 32, 32) and 0 <= sample["image"].min() and sample["image"].max() <= 1
     (tmp_path / "training" / "patient003" / "patient003_frame12.nii.gz").unlink()
-    with pytest.raises(DatasetError, match="label without its frame"):
+    with pytest.raises(DatasetError, match="missing frame or ground truth"):
         ACDCSliceDataModule(str(tmp_path), num_workers=0).setup()
 
 

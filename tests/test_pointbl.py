@@ -163,7 +163,8 @@ def _write_acdc(root, patients=("patient001", "patient002", "patient003")):
 
 
 def test_acdc_layout_split_and_items(tmp_path):
-    from datamodules.acdc_points import ACDCDataModule, read_info
+    from datamodules.acdc import read_info
+    from datamodules.acdc_points import ACDCDataModule
     from datamodules.base import DatasetError
 
     with pytest.raises(DatasetError, match="patient001_frame01_gt.nii.gz"):
