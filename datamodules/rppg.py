@@ -49,7 +49,7 @@ from torch.utils.data import Dataset
 
 from datamodules.base import BaseDataModule, DatasetError, writable_dir
 from lightning_modules import batch as keys
-from lightning_modules.hr_track import NUM_CLIPS, PULSE, RGB, VALID
+from lightning_modules.batch import NUM_CLIPS, PULSE, RGB, VALID
 from lightning_modules.metrics.rppg import hr_from_pulse
 
 #: 0-based indices of the ROI landmarks (the paper's 1-based 2-6 left cheek, 7-11 chin, 12-16 right cheek, 29 nose).

@@ -19,7 +19,8 @@ AUDIO = "audio"
 SIGNAL = "signal"
 #: a clip of frames, float (B, T, C, H, W).
 VIDEO = "video"
-#: segmentation labels, (B, 1, *S): float 0/1 (binary) or int64 class indices (multi-class).
+#: segmentation labels, (B, 1, *S): float 0/1 (binary) or int64 class indices (multi-class); multi-label (overlapping
+#: structures, e.g. optic disc and cup): multi-hot float (B, K, *S).
 MASK = "mask"
 #: class target: int64 index (B,) (multi-class) or multi-hot float (B, K) (multi-label).
 LABEL = "label"
@@ -56,15 +57,15 @@ POINTS, DISTANCE_MAPS = "points", "distance_maps"
 #: the volume's voxel size float (B, 3), so that slice predictions are restacked and scored per volume.
 VOLUME, SLICE_INDEX, SPACING = "volume", "slice_index", "spacing"
 
+#: clip sequences (rPPG): the reference pulse of each of a video's n clips (B, n, f), which clips have a usable
+#: target (B, n) bool, how many clips exist (B,) int64 (the rest is padding), and the raw mean colour of each clip's
+#: region of interest (B, n, 3, f) for the RGB baselines (CHROM, POS, ICA).
+PULSE, VALID, NUM_CLIPS, RGB = "pulse", "valid", "num_clips", "rgb"
+
 VOCABULARY = frozenset({IMAGE, AUDIO, SIGNAL, VIDEO, MASK, LABEL, TARGET, GROUP, NAME, FIXED, MOVING,
                         FIXED_SEG, MOVING_SEG, FIXED_LANDMARKS, MOVING_LANDMARKS, DIAGONAL, MIXTURE, SOURCES, SAMPLE_RATE,
-                        BOXES, BOX_LABELS})
-
-#: episode keys (datamodules/episodic.py)
-VOCABULARY = VOCABULARY | frozenset({SUPPORT_IMAGE, SUPPORT_MASK, NEGATIVE_IMAGE, NEGATIVE_MASK, PRIOR, START_SLICE})
-#: weak labels and volume slices
-VOCABULARY = VOCABULARY | frozenset({POINTS, DISTANCE_MAPS, VOLUME, SLICE_INDEX, SPACING})
-
+                        BOXES, BOX_LABELS, SUPPORT_IMAGE, SUPPORT_MASK, NEGATIVE_IMAGE, NEGATIVE_MASK, PRIOR, START_SLICE,
+                        POINTS, DISTANCE_MAPS, VOLUME, SLICE_INDEX, SPACING, PULSE, VALID, NUM_CLIPS, RGB})
 
 def require(batch: Mapping, *keys: str, task: str = "this task") -> None:
     """Fail with one readable message when a batch lacks keys a task needs (a dataset/task mismatch)."""

@@ -30,17 +30,13 @@ from torch import nn
 from torchmetrics import CatMetric
 
 from lightning_modules import batch as keys
+# clip-sequence batches: ``signal`` (B, n, C, f), per-clip HR ``target`` (B, n), frame rate ``sample_rate`` (B,),
+# beside these four (lightning_modules/batch.py)
+from lightning_modules.batch import NUM_CLIPS, PULSE, RGB, VALID
 from lightning_modules.losses.rppg import generalized_cross_entropy, neg_pearson_loss
 from lightning_modules.metrics.rppg import hr_errors, hr_from_pulse, soft_hr
 from lightning_modules.tasks.base import BaseTask
 
-#: batch keys of clip-sequence (rPPG) datasets beyond lightning_modules/batch.py: the reference pulse (B, n, f) of
-#: each of a video's n clips, which clips have a usable target HR (B, n) bool, and how many clips exist (B,)
-#: int64 (the rest is padding). The input is ``signal`` (B, n, C, f), the per-clip HR ``target`` (B, n), the
-#: frame rate ``sample_rate`` (B,).
-PULSE, VALID, NUM_CLIPS = "pulse", "valid", "num_clips"
-#: the raw mean colour of each clip's ROI (B, n, 3, f), R, G, B: the input of the RGB baselines (CHROM, POS, ICA).
-RGB = "rgb"
 
 
 class AveragedConvBlock(nn.Module):
