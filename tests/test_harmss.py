@@ -1,7 +1,6 @@
 """HarmonizedSS: the SCC loss against a numpy FFT reference and the squared-Dice identity, calibration against
 torchmetrics, the test-time noise, the networks (TransUNet's parameter count), and the dataset readers on
 fixture trees in the public layouts."""
-import json
 
 import h5py
 import numpy as np

@@ -6,7 +6,6 @@ import csv
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from datamodules.base import DatasetError

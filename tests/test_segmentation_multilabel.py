@@ -7,7 +7,7 @@ import torch
 from lightning.pytorch import Trainer
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from datamodules.base import BaseDataModule
 from lightning_modules.losses.segmentation import SegmentationLoss
