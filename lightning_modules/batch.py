@@ -61,11 +61,14 @@ VOLUME, SLICE_INDEX, SPACING = "volume", "slice_index", "spacing"
 #: target (B, n) bool, how many clips exist (B,) int64 (the rest is padding), and the raw mean colour of each clip's
 #: region of interest (B, n, 3, f) for the RGB baselines (CHROM, POS, ICA).
 PULSE, VALID, NUM_CLIPS, RGB = "pulse", "valid", "num_clips", "rgb"
+#: facial landmarks of an image, float (B, K, 2), (x, y) normalised to the image size (e.g. K = 68).
+LANDMARKS = "landmarks"
 
 VOCABULARY = frozenset({IMAGE, AUDIO, SIGNAL, VIDEO, MASK, LABEL, TARGET, GROUP, NAME, FIXED, MOVING,
                         FIXED_SEG, MOVING_SEG, FIXED_LANDMARKS, MOVING_LANDMARKS, DIAGONAL, MIXTURE, SOURCES, SAMPLE_RATE,
                         BOXES, BOX_LABELS, SUPPORT_IMAGE, SUPPORT_MASK, NEGATIVE_IMAGE, NEGATIVE_MASK, PRIOR, START_SLICE,
-                        POINTS, DISTANCE_MAPS, VOLUME, SLICE_INDEX, SPACING, PULSE, VALID, NUM_CLIPS, RGB})
+                        POINTS, DISTANCE_MAPS, VOLUME, SLICE_INDEX, SPACING, PULSE, VALID, NUM_CLIPS, RGB,
+                        LANDMARKS})
 
 def require(batch: Mapping, *keys: str, task: str = "this task") -> None:
     """Fail with one readable message when a batch lacks keys a task needs (a dataset/task mismatch)."""

@@ -36,12 +36,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric
 
-from lightning_modules.batch import require
+from lightning_modules.batch import LANDMARKS, require
 from lightning_modules.tasks.classification import ClassificationTask
 from lightning_modules.utils import network_from_checkpoint
 
-#: batch key of facial landmarks: float (B, K, 2) (x, y) normalised to [0, 1] (not yet in lightning_modules/batch.py).
-LANDMARKS = "landmarks"
 
 LACLIP_COMMAND = "python run.py --config experiments/lldif_demo_laclip.yaml"
 S1_COMMAND = "python run.py --config experiments/lldif_demo_s1.yaml --model.init_args.network.init_args." \

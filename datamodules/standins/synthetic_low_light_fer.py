@@ -14,9 +14,9 @@ from torch.utils.data import Dataset
 
 from datamodules.image_classification import ClassificationItem
 from datamodules.low_light import LowLight
+from lightning_modules.batch import LANDMARKS
 from datamodules.standins.synthetic_fer import CLASSES, SyntheticFERDataModule, render_expressions
 
-LANDMARKS = "landmarks"  # lightning_modules.lldif.LANDMARKS
 
 
 class WithLandmarks(Dataset):
