@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import lightning as L
-import pytest
 import torch
 
 from datamodules.standins.synthetic_hyperspectral import SyntheticHyperspectralDataModule
@@ -35,13 +34,3 @@ def test_spectral_slicing_unet_learns_on_the_stand_in(tmp_path):
     result, first, last = _fit(tmp_path, lambda: SSConvLSTM(lstm_positions=(), **SMALL), 4, DATA)
     assert last < 0.9 * first
     assert result["test/dice"] > result["test/dice_all_background"] + 0.1
-
-
-@pytest.mark.slow
-def test_ss_sisom_learns_on_the_stand_in(tmp_path):
-    """SS-SISOM (ConvLSTM skips at L2+L3+L4), the demo's budget: loss falls, Dice beats all-background (slow)."""
-    data = dict(DATA, num_images=(48, 12, 12))
-    demo = dict(backbone="resnet18", width=0.5, decoder_channels=(64, 32, 16, 16, 8))  # the demo's network
-    sisom, first, last = _fit(tmp_path, lambda: SSConvLSTM(**demo), 10, data, weight_decay=5e-4)
-    assert last < first
-    assert sisom["test/dice"] > sisom["test/dice_all_background"] + 0.1
