@@ -28,6 +28,8 @@ from monai.data.box_utils import non_max_suppression
 from monai.networks.blocks.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
 from torch import nn
 
+from lightning_modules.backbones import StochasticDepth
+
 # --------------------------------------------------------------------------------------------------------------
 # Swin Transformer (Liu et al. 2021), torchvision layout
 # --------------------------------------------------------------------------------------------------------------
@@ -45,21 +47,6 @@ class Permute(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.permute(*self.dims)
-
-
-class StochasticDepth(nn.Module):
-    """Drops the residual branch per sample ("row" mode) with probability ``p`` in training."""
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        keep = 1.0 - self.p
-        noise = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * noise / keep
 
 
 class PatchMerging(nn.Module):
