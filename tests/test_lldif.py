@@ -414,7 +414,7 @@ def test_task_logs_confidence_per_test_loader(tmp_path):
 
 @pytest.mark.slow
 def test_demo_stages_learn(tmp_path):
-    """The three shipped demo configs one after another (2,100 low-light faces at 64 px; ~15 min on 2 cores):
+    """The three shipped demo configs one after another (2,100 low-light faces at 32 px; ~6 min on 2 cores):
     LA-CLIP's zero-shot read-out and stage 2 (no label at test) well above chance."""
     import json
     from pathlib import Path
