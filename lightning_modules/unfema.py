@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal, Optional, Sequence
+from typing import Callable, Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -279,6 +279,27 @@ def ransac_affine(src: np.ndarray, dst: np.ndarray, threshold: float, max_trials
     return model.params
 
 
+def rotation_search(moving: torch.Tensor, fixed: torch.Tensor, angles: Sequence[float],
+                    estimate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """The paper's inference: rotate the source by each of ``angles``, fit an affine with ``estimate(rotated, fixed)
+    -> (B, 3, 3)`` pixel matrices (target -> rotated source), and keep per pair the composed affine whose warp has
+    the best global NCC with the target. Returns theta (B, 2, 3) (identity where no angle scores)."""
+    shape = tuple(fixed.shape[2:])
+    best_theta = torch.eye(2, 3, device=fixed.device).repeat(fixed.shape[0], 1, 1)
+    best_score = torch.full((fixed.shape[0],), -float("inf"), device=fixed.device)
+    for angle in angles:
+        rotation = rotation_matrix(angle, moving.shape[2:], moving.device).expand(moving.shape[0], 3, 3)
+        theta_r = pixel_matrix_to_theta(rotation, moving.shape[2:])
+        rotated = warp(moving, affine_to_displacement(theta_r, moving.shape[2:]))
+        total = rotation @ estimate(rotated, fixed)  # target -> rotated source -> source
+        theta = pixel_matrix_to_theta(total, shape, moving.shape[2:])
+        score = global_ncc(warp(moving, affine_to_displacement(theta, shape)), fixed)
+        better = score > best_score
+        best_theta = torch.where(better.view(-1, 1, 1), theta, best_theta)
+        best_score = torch.where(better, score, best_score)
+    return best_theta
+
+
 # -- the network ---------------------------------------------------------------------------------------------
 
 
@@ -379,33 +400,22 @@ class UnFeMa(nn.Module):
     @torch.no_grad()
     def search(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         """Inference: rotation search over ``angles`` with a RANSAC affine per angle; the best global NCC wins."""
+        return rotation_search(moving, fixed, self.angles, self.estimate)
+
+    def estimate(self, rotated: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        """Pixel affines (B, 3, 3) target -> rotated source, by the weighted DLT or RANSAC on the matches."""
         shape = tuple(fixed.shape[2:])
-        best_theta = torch.eye(2, 3, device=fixed.device).repeat(fixed.shape[0], 1, 1)
-        best_score = torch.full((fixed.shape[0],), -float("inf"), device=fixed.device)
-        for angle in self.angles:
-            rotation = rotation_matrix(angle, moving.shape[2:], moving.device).expand(moving.shape[0], 3, 3)
-            theta_r = pixel_matrix_to_theta(rotation, moving.shape[2:])
-            rotated = warp(moving, affine_to_displacement(theta_r, moving.shape[2:]))
-            matches = self.match(rotated, fixed)
-            if self.inference == "dlt":
-                matrices = theta_to_pixel_matrix(self.dlt(matches, shape, moving.shape[2:]), shape, moving.shape[2:])
-            else:
-                matrices = []
-                for b in range(fixed.shape[0]):
-                    m = matches["matched"][b]
-                    fitted = ransac_affine(matches["target_points"][b][m].double().cpu().numpy(),
-                                           matches["source_points"][b][m].double().cpu().numpy(),
-                                           self.ransac_threshold, self.ransac_trials)
-                    matrices.append(torch.eye(3, dtype=torch.float64) if fitted is None
-                                    else torch.from_numpy(fitted))
-                matrices = torch.stack(matrices).to(fixed.device, torch.float32)
-            total = rotation @ matrices  # target -> rotated source -> source
-            theta = pixel_matrix_to_theta(total, shape, moving.shape[2:])
-            score = global_ncc(warp(moving, affine_to_displacement(theta, shape)), fixed)
-            better = score > best_score
-            best_theta = torch.where(better.view(-1, 1, 1), theta, best_theta)
-            best_score = torch.where(better, score, best_score)
-        return best_theta
+        matches = self.match(rotated, fixed)
+        if self.inference == "dlt":
+            return theta_to_pixel_matrix(self.dlt(matches, shape, rotated.shape[2:]), shape, rotated.shape[2:])
+        matrices = []
+        for b in range(fixed.shape[0]):
+            m = matches["matched"][b]
+            fitted = ransac_affine(matches["target_points"][b][m].double().cpu().numpy(),
+                                   matches["source_points"][b][m].double().cpu().numpy(),
+                                   self.ransac_threshold, self.ransac_trials)
+            matrices.append(torch.eye(3, dtype=torch.float64) if fitted is None else torch.from_numpy(fitted))
+        return torch.stack(matrices).to(fixed.device, torch.float32)
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         if self.training:
@@ -546,17 +556,5 @@ class SIFTAffine(nn.Module):
 
     @torch.no_grad()
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
-        shape = tuple(fixed.shape[2:])
-        best_theta = torch.eye(2, 3, device=fixed.device).repeat(fixed.shape[0], 1, 1)
-        best_score = torch.full((fixed.shape[0],), -float("inf"), device=fixed.device)
-        for angle in self.angles:
-            rotation = rotation_matrix(angle, moving.shape[2:], moving.device).expand(moving.shape[0], 3, 3)
-            theta_r = pixel_matrix_to_theta(rotation, moving.shape[2:])
-            rotated = warp(moving, affine_to_displacement(theta_r, moving.shape[2:]))
-            matrices = torch.stack([self.affine(rotated[b], fixed[b]) for b in range(fixed.shape[0])]).to(fixed.device)
-            theta = pixel_matrix_to_theta(rotation @ matrices, shape, moving.shape[2:])
-            score = global_ncc(warp(moving, affine_to_displacement(theta, shape)), fixed)
-            better = score > best_score
-            best_theta = torch.where(better.view(-1, 1, 1), theta, best_theta)
-            best_score = torch.where(better, score, best_score)
-        return best_theta
+        return rotation_search(moving, fixed, self.angles, lambda rotated, target: torch.stack(
+            [self.affine(rotated[b], target[b]) for b in range(target.shape[0])]).to(target.device))
