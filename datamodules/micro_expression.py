@@ -298,7 +298,8 @@ def list_casme2(root: PathLike, frames_dir: Optional[str] = None) -> list[MEClip
         frames, apex = _clip_frames(folder, _int_or_none(_column(row, "onsetframe")),
                                     _int_or_none(_column(row, "apexframe")), _int_or_none(_column(row, "offsetframe")))
         if not frames:
-            raise DatasetError(f"CASME II clip {subject}/{name} has no frames", path=folder, layout=CASME2_LAYOUT)
+            raise DatasetError(f"CASME II clip {subject}/{name} has no frames", path=folder, layout=CASME2_LAYOUT,
+                               standin_config=STANDIN)
         emotion = _column(row, "estimated emotion").strip().lower()
         clips.append(MEClip(subject, f"{subject}/{name}", frames, apex, emotion))
     return clips
@@ -325,7 +326,8 @@ def list_samm(root: PathLike) -> list[MEClip]:
                                     _int_or_none(_column(row, "apex frame")),
                                     _int_or_none(_column(row, "offset frame")))
         if not frames:
-            raise DatasetError(f"SAMM clip {name} has no frames", path=folder, layout=SAMM_LAYOUT)
+            raise DatasetError(f"SAMM clip {name} has no frames", path=folder, layout=SAMM_LAYOUT,
+                               standin_config=STANDIN)
         emotion = _column(row, "estimated emotion").strip().lower()
         emotion = "others" if emotion in ("other", "others") else emotion
         clips.append(MEClip(subject, f"{subject}/{name}", frames, apex, emotion))
@@ -346,7 +348,8 @@ def list_smic(root: PathLike, part: str = "HS") -> list[MEClip]:
             for folder in sorted(p for p in (subject_dir / "micro" / emotion).glob("*") if p.is_dir()):
                 frames = sorted_frames(folder)
                 if not frames:
-                    raise DatasetError(f"SMIC clip {folder.name} has no frames", path=folder, layout=SMIC_LAYOUT)
+                    raise DatasetError(f"SMIC clip {folder.name} has no frames", path=folder, layout=SMIC_LAYOUT,
+                                       standin_config=STANDIN)
                 clips.append(MEClip(subject_dir.name, f"{subject_dir.name}/{folder.name}", frames, len(frames) // 2,
                                     emotion))
     return clips
