@@ -36,6 +36,7 @@ from lightning_modules.batch import NUM_CLIPS, PULSE, RGB, VALID
 from lightning_modules.losses.rppg import generalized_cross_entropy, neg_pearson_loss
 from lightning_modules.metrics.rppg import hr_errors, hr_from_pulse, soft_hr
 from lightning_modules.tasks.base import BaseTask
+from lightning_modules.tasks.regression import TrainingMeanBaseline
 
 
 
@@ -156,7 +157,7 @@ class MRTCN(nn.Module):
         return self.hr_scale * self._features(hr, snr).squeeze(1)
 
 
-class HRTrackTask(BaseTask):
+class HRTrackTask(TrainingMeanBaseline, BaseTask):
     """HR-TRACK's training and evaluation on clip sequences (one batch item = one video's n clips).
 
     Args:
@@ -262,18 +263,6 @@ class HRTrackTask(BaseTask):
                 optimizer.state.clear()  # a fresh Adam per stage, as three separate trainings would have
             for group, lr in zip(optimizer.param_groups, self._base_lrs or [g["lr"] for g in optimizer.param_groups]):
                 group["lr"] = self.stage3_lr if stage == 3 else lr
-
-    # -- the training mean (the trivial baseline) -----------------------------------------------------------
-    def _refresh_train_target_mean(self) -> None:
-        mean = getattr(getattr(self.trainer, "datamodule", None), "train_target_mean", None)
-        if mean is not None:
-            self.train_target_mean.fill_(float(mean))
-
-    def on_fit_start(self) -> None:
-        self._refresh_train_target_mean()
-
-    def on_test_start(self) -> None:
-        self._refresh_train_target_mean()
 
     # -- forward ------------------------------------------------------------------------------------------
     def pulses(self, x: torch.Tensor) -> torch.Tensor:

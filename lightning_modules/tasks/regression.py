@@ -23,7 +23,23 @@ from lightning_modules.metrics.regression import RecordingLevelErrors
 from lightning_modules.tasks.base import BaseTask
 
 
-class RegressionTask(BaseTask):
+class TrainingMeanBaseline:
+    """Keeps the ``train_target_mean`` buffer (registered by the task, NaN until known) equal to the DataModule's
+    ``train_target_mean`` at fit and test start: the trivial baseline a regression task is scored against."""
+
+    def _refresh_train_target_mean(self) -> None:
+        mean = getattr(getattr(self.trainer, "datamodule", None), "train_target_mean", None)
+        if mean is not None:
+            self.train_target_mean.fill_(float(mean))
+
+    def on_fit_start(self) -> None:
+        self._refresh_train_target_mean()
+
+    def on_test_start(self) -> None:
+        self._refresh_train_target_mean()
+
+
+class RegressionTask(TrainingMeanBaseline, BaseTask):
     """Segment-level training, recording-level evaluation.
 
     Args:
@@ -100,19 +116,6 @@ class RegressionTask(BaseTask):
         if self.loss_weights is not None:
             weights = range_weights(targets.float(), self.loss_bin_edges, self.loss_weights)
         return regression_loss(predictions, targets, self.loss_name, weights, self.huber_delta)
-
-    # -- the training mean (the trivial baseline) ------------------------------------------------------
-    def _refresh_train_target_mean(self) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        mean = getattr(datamodule, "train_target_mean", None)
-        if mean is not None:
-            self.train_target_mean.fill_(float(mean))
-
-    def on_fit_start(self) -> None:
-        self._refresh_train_target_mean()
-
-    def on_test_start(self) -> None:
-        self._refresh_train_target_mean()
 
     # -- steps ------------------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
