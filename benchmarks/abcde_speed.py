@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.timing import autocast, median_time, peak_memory_mb  # noqa: E402
+from benchmarks.timing import add_speed_args, autocast, median_time, peak_memory_mb, training_step  # noqa: E402
 from datamodules.debasing import DEBASINGS, debase, item_rng  # noqa: E402
 from datamodules.standins.synthetic_lesions import abcd_lesion_image  # noqa: E402
 from lightning_modules.abcde import ABCDETask  # noqa: E402
@@ -38,10 +38,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=300)
     parser.add_argument("--pre-size", type=int, default=768)
     parser.add_argument("--num-classes", type=int, default=9)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="32-true")
+    add_speed_args(parser, batch_size=4)
     args = parser.parse_args()
     device = torch.device(args.device)
 
@@ -62,14 +59,8 @@ def main() -> None:
         torch.cuda.reset_peak_memory_stats(device)
     rss0 = peak_memory_mb("cpu")
 
-    def train_step():
-        with autocast(device, args.precision):
-            loss = F.cross_entropy(network(x).float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    network.train()
+    train_step = training_step(lambda: F.cross_entropy(network(x).float(), y), optimizer, device, args.precision,
+                               module=network)
     train = median_time(train_step, device, args.steps)
     network.eval()
     with torch.no_grad(), autocast(device, args.precision):

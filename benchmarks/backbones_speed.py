@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from lightning_modules.backbones import BACKBONES, ImageClassifier  # noqa: E402
 from lightning_modules.utils import count_parameters  # noqa: E402
-from benchmarks.timing import autocast, peak_memory_mb, step_times  # noqa: E402
+from benchmarks.timing import autocast, peak_memory_mb, step_times, training_step  # noqa: E402
 
 
 def benchmark(name: str, args) -> str:
@@ -42,14 +42,8 @@ def benchmark(name: str, args) -> str:
     labels = torch.randint(0, args.num_classes, (args.batch_size,), device=device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
-    def train_step():
-        with autocast(device, args.precision):
-            loss = F.cross_entropy(model(images).float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    model.train()
+    train_step = training_step(lambda: F.cross_entropy(model(images).float(), labels), optimizer, device,
+                               args.precision, module=model)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     rss_before = peak_memory_mb("cpu")

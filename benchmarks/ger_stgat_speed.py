@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.timing import autocast, peak_memory_mb, step_times  # noqa: E402
+from benchmarks.timing import autocast, peak_memory_mb, step_times, training_step  # noqa: E402
 from lightning_modules.ger_stgat import GERSTGAT  # noqa: E402
 from lightning_modules.utils import count_parameters  # noqa: E402
 
@@ -54,14 +54,8 @@ def bench(name, make, args) -> list:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    def train_step():
-        with autocast(device, args.precision):
-            loss = sum(F.cross_entropy(v.float(), y) for v in net.branch_logits(x).values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    net.train()
+    train_step = training_step(lambda: sum(F.cross_entropy(v.float(), y) for v in net.branch_logits(x).values()),
+                               optimizer, device, args.precision, module=net)
     train = step_times(train_step, device, args.steps, args.warmup)
     net.eval()
     with torch.no_grad(), autocast(device, args.precision):

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.timing import autocast, median_time, peak_memory_mb  # noqa: E402
+from benchmarks.timing import add_speed_args, autocast, median_time, peak_memory_mb, training_step  # noqa: E402
 from lightning_modules.lldif import LAClip, LLDifS1, LLDifS2  # noqa: E402
 from lightning_modules.utils import count_parameters  # noqa: E402
 
@@ -33,10 +33,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=112)
     parser.add_argument("--tiny", action="store_true", help="the stand-in demo's sizes")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="32-true")
+    add_speed_args(parser, batch_size=64)
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -59,14 +56,11 @@ def main() -> None:
         network = network.to(device)
         optimizer = torch.optim.Adam([p for p in network.parameters() if p.requires_grad], lr=3.5e-4)
 
-        def train_step():
-            network.train()
-            optimizer.zero_grad(set_to_none=True)
-            with autocast(device, args.precision):
-                logits, aux = network(x, y, landmarks)
-                loss = F.cross_entropy(logits.float(), y) + sum(aux.values())
-            loss.backward()
-            optimizer.step()
+        def loss_fn():
+            logits, aux = network(x, y, landmarks)
+            return F.cross_entropy(logits.float(), y) + sum(aux.values())
+
+        train_step = training_step(loss_fn, optimizer, device, args.precision, module=network)
 
         def infer(batch, lm, label):
             network.eval()

@@ -50,3 +50,33 @@ def step_times(fn: Callable[[], object], device: Device, steps: int, warmup: int
 
 def median_time(fn: Callable[[], object], device: Device, steps: int, warmup: int = 1) -> float:
     return statistics.median(step_times(fn, device, steps, warmup))
+
+
+def training_step(loss_fn: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer, device: Device,
+                  precision: str = "32-true", module: torch.nn.Module | None = None,
+                  clip_norm: float | None = None) -> Callable[[], None]:
+    """One optimiser step as a closure for ``step_times``/``median_time``: ``loss_fn()`` under autocast, backward
+    outside it, optional gradient-norm clipping, step. ``module`` (if given) is put in train mode first, so a
+    benchmark that times inference between train steps cannot leave it in eval mode."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+
+    def step() -> None:
+        if module is not None:
+            module.train()
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, precision):
+            loss = loss_fn()
+        loss.backward()
+        if clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, clip_norm)
+        optimizer.step()
+
+    return step
+
+
+def add_speed_args(parser, batch_size: int = 2, steps: int = 3) -> None:
+    """The arguments every speed benchmark takes: batch size, timed steps, device and Lightning precision."""
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="32-true", help='"32-true", "bf16-mixed" or "16-mixed"')

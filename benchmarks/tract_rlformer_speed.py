@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.timing import autocast, median_time, peak_memory_mb  # noqa: E402
+from benchmarks.timing import autocast, median_time, peak_memory_mb, training_step  # noqa: E402
 from lightning_modules.losses.tractography import multi_step_angular_loss  # noqa: E402
 from lightning_modules.tasks.reinforcement import (DecisionTransformerPolicy, MLPActor, MLPCritic,  # noqa: E402
                                                    TD3Task)
@@ -71,14 +71,8 @@ def main() -> None:
               torch.randn(b, k, 3, device=device), torch.arange(k, device=device).expand(b, k),
               torch.ones(b, k, dtype=torch.bool, device=device)]
 
-    def train_step():
-        net.train()
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(device, args.precision):
-            loss = multi_step_angular_loss(net(*window).float(), window[2], window[4])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 0.25)
-        optimizer.step()
+    train_step = training_step(lambda: multi_step_angular_loss(net(*window).float(), window[2], window[4]),
+                               optimizer, device, args.precision, module=net, clip_norm=0.25)
 
     net.eval()
     policy = DecisionTransformerPolicy(net)
