@@ -93,10 +93,13 @@ class ColonCTDataModule(EpisodicVolumeDataModule):
                  gamma_range: Optional[Sequence[float]] = None,
                  unrelated_source: Literal["auto", "organs", "superpixel"] = "auto", superpixel_rank: int = 2,
                  mrf_erosion: int = 4, mrf_dilation: int = 3, batch_size: int = 1, num_workers: int = 0,
-                 pin_memory: Optional[bool] = None, geometric: bool = False) -> None:
+                 pin_memory: Optional[bool] = None, geometric: bool = False,
+                 train_supervision: Literal["labels", "superpixel"] = "labels", superpixel_min_size: int = 400,
+                 superpixel_sigma: float = 1.0, superpixel_neighbour: int = 0) -> None:
         super().__init__(image_size, hu_window, mode, episodes_per_epoch, neighbour, n_unrelated, support_mode,
                          gamma_range, unrelated_source, superpixel_rank, mrf_erosion, mrf_dilation, batch_size,
-                         num_workers, pin_memory, geometric)
+                         num_workers, pin_memory, geometric,
+                         train_supervision, superpixel_min_size, superpixel_sigma, superpixel_neighbour)
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {sorted(LAYOUTS)}, got {layout!r}")
         self.data_dir = Path(os.path.expanduser(str(data_dir)))
@@ -184,19 +187,22 @@ class ColonCTDataModule(EpisodicVolumeDataModule):
         return case
 
     # -- reading -----------------------------------------------------------------------------------
-    def read_nifti(self, path: Path) -> np.ndarray:
+    def read_nifti(self, path: Path, error=None) -> np.ndarray:
+        """A NIfTI volume as (D, H, W) (``to_axial_stack``); ``error(problem, path, hint=...)`` builds the exception
+        (default: this layout's ``DatasetError``)."""
         import nibabel as nib
 
+        error = error or self.error
         try:
             image = nib.as_closest_canonical(nib.load(str(path)))
             array = np.asarray(image.dataobj)
         except Exception as exc:  # nibabel, gzip and zlib raise many types for corrupt files
-            raise self.error("corrupt or unreadable volume", path,
-                             hint=f"nibabel: {type(exc).__name__}: {exc}") from exc
+            raise error("corrupt or unreadable volume", path,
+                        hint=f"nibabel: {type(exc).__name__}: {exc}") from exc
         if array.ndim == 4 and array.shape[-1] == 1:
             array = array[..., 0]
         if array.ndim != 3:
-            raise self.error(f"expected a 3D volume, got shape {array.shape}", path)
+            raise error(f"expected a 3D volume, got shape {array.shape}", path)
         return to_axial_stack(array)
 
     def read_dicom_series(self, folder: Path) -> np.ndarray:

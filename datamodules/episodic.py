@@ -61,6 +61,8 @@ class EpisodeVolume:
     prior: np.ndarray
     unrelated: np.ndarray
     start_slice: int
+    #: per-slice superpixel labels (D, H, W) int32 (0 outside the body), for superpixel self-supervision
+    superpixels: Optional[np.ndarray] = None
 
     @property
     def foreground_slices(self) -> np.ndarray:
@@ -118,6 +120,78 @@ def unrelated_masks(volume: RawVolume, image: np.ndarray, source: Literal["auto"
     out = np.zeros(image.shape, np.uint8)
     for z in np.flatnonzero(empty):
         out[z] = superpixel_mask(image[z], rank=superpixel_rank)
+    return out
+
+
+def body_mask(image: np.ndarray, threshold: float) -> np.ndarray:
+    """The patient in a [0, 1] slice: the largest connected component above ``threshold``, holes filled (SSL-ALPNet's
+    ``fg_mask2d``); an empty mask when nothing is above it."""
+    from scipy import ndimage
+
+    above = image > threshold
+    components, count = ndimage.label(above)
+    if count == 0:
+        return above
+    largest = 1 + int(np.argmax(np.bincount(components.ravel())[1:]))
+    return ndimage.binary_fill_holes(components == largest)
+
+
+def superpixel_labels(image: np.ndarray, min_size: int = 400, sigma: float = 1.0, scale: float = 1.0,
+                      body_threshold: Optional[float] = 0.05) -> np.ndarray:
+    """SSL-ALPNet's pseudo-label candidates of a [0, 1] slice: Felzenszwalb superpixels (``skimage``; the release's
+    ``min_size 400, sigma 1`` at 256 px) kept inside the body (``body_mask``; ``None``: everywhere), renumbered
+    1..K (int32, 0 outside the body)."""
+    from skimage.segmentation import felzenszwalb
+
+    segments = felzenszwalb(np.asarray(image, np.float64), scale=scale, sigma=sigma, min_size=int(min_size)) + 1
+    if body_threshold is not None:
+        segments = segments * body_mask(image, body_threshold)
+    ids, inverse = np.unique(segments, return_inverse=True)
+    out = inverse.reshape(segments.shape).astype(np.int32)
+    return out if ids[0] == 0 else out + 1  # 0 stays "outside the body"
+
+
+def superpixel_volume(image: np.ndarray, min_size: int = 400, sigma: float = 1.0,
+                      body_threshold: Optional[float] = 0.05) -> np.ndarray:
+    """``superpixel_labels`` of every slice of a (D, H, W) volume; ``min_size`` is given for 256 px slices and scaled
+    with the slice area."""
+    scaled = max(4, int(round(min_size * image.shape[1] * image.shape[2] / 256 ** 2)))
+    return np.stack([superpixel_labels(s, scaled, sigma, body_threshold=body_threshold) for s in image])
+
+
+def superpixel_prior(superpixels: np.ndarray, mask: np.ndarray, min_share: float = 0.5) -> np.ndarray:
+    """A superpixel initial label of a structure (the "Superpixel" initialisation of Table 1's Guided-AAS-DCL rows on
+    SABS): the union of the superpixels lying at least ``min_share`` inside ``mask``; (H, W) or (D, H, W) uint8."""
+    labels, inside = superpixels.ravel(), mask.ravel() > 0
+    total = np.bincount(labels, minlength=labels.max() + 1)
+    hits = np.bincount(labels, weights=inside, minlength=labels.max() + 1)
+    keep = (hits >= min_share * np.maximum(total, 1)) & (hits > 0)
+    keep[0] = False
+    return keep[superpixels].astype(np.uint8)
+
+
+def class_volumes(volume: EpisodeVolume, classes: Sequence[int], prior_min_share: float = 0.5
+                  ) -> list[EpisodeVolume]:
+    """A multi-label scan (``mask`` holds class indices, ``superpixels`` set) as one binary episode scan per class
+    present (named ``<scan>_c<k>``, the image shared, not copied): mask = the class, prior = its superpixel initial
+    label (``superpixel_prior`` per slice), unrelated = the other classes on the slices free of it. How SABS's 13
+    organs enter the episodes of Table 1's "SABS + CTC" rows beside the colon."""
+    if volume.superpixels is None:
+        raise ValueError(f"{volume.name}: class_volumes needs the scan's superpixels")
+    # superpixel ids are per slice: make them unique over the volume before one vectorised superpixel_prior
+    depth = len(volume.superpixels)
+    offsets = (np.arange(depth, dtype=np.int64) * (int(volume.superpixels.max()) + 1))[:, None, None]
+    unique_ids = np.where(volume.superpixels > 0, volume.superpixels + offsets, 0)
+    out = []
+    for k in classes:
+        mask = (volume.mask == k).astype(np.uint8)
+        present = mask.reshape(depth, -1).any(1)
+        if present.sum() < 2:
+            continue
+        others = ((volume.mask > 0) & (volume.mask != k) & ~present[:, None, None]).astype(np.uint8)
+        out.append(EpisodeVolume(f"{volume.name}_c{int(k)}", volume.image, mask,
+                                 superpixel_prior(unique_ids, mask, prior_min_share), others,
+                                 int(np.flatnonzero(present)[0]), volume.superpixels))
     return out
 
 
@@ -227,6 +301,105 @@ class EpisodeDataset(Dataset):
         }
 
 
+class SuperpixelEpisodeDataset(Dataset):
+    """Self-supervised episodes from superpixel pseudo-labels (SSL-ALPNet, Ouyang et al. ECCV 2020): no annotation is
+    read. An episode draws a slice that holds superpixels and one of them uniformly (the pseudo-label); support and
+    query are two independent random augmentations (``random_warp`` and, with ``gamma_range``, a gamma each) of that
+    slice and its pseudo-label, as the release's ``SuperpixelDataset`` (``num_rep = 2``).
+
+    ``neighbour >= 1`` (ours, for Table 1's Guided-AAS-DCL on SABS, whose query lies within 5 slices of the support):
+    the query is a slice up to ``neighbour`` away and its pseudo-label the superpixel there that overlaps the chosen one
+    most (IoU >= ``min_iou``, else the support's own slice). The query's ``prior`` is its pseudo-label (the "superpixel
+    initial labelling" of a guided model); the ``n_unrelated`` negatives are other slices of the scan, more than
+    ``neighbour`` away where possible, masked by their largest superpixel inside the body.
+    """
+
+    def __init__(self, volumes: Sequence[EpisodeVolume], episodes_per_epoch: int = 1000, neighbour: int = 0,
+                 n_unrelated: int = 3, gamma_range: Optional[Sequence[float]] = None, min_iou: float = 0.3) -> None:
+        if neighbour < 0 or n_unrelated < 0 or episodes_per_epoch < 1:
+            raise ValueError("neighbour and n_unrelated must be >= 0 and episodes_per_epoch >= 1")
+        missing = [v.name for v in volumes if v.superpixels is None]
+        if missing:
+            raise ValueError(f"volumes without superpixels (superpixel_volume): {missing[:3]}")
+        self.volumes = list(volumes)
+        self.episodes_per_epoch, self.neighbour, self.n_unrelated = episodes_per_epoch, neighbour, n_unrelated
+        self.gamma_range = None if gamma_range is None else tuple(float(g) for g in gamma_range)
+        self.min_iou = min_iou
+        self.slices = [(v, int(z)) for v, volume in enumerate(self.volumes)
+                       for z in np.flatnonzero(volume.superpixels.reshape(len(volume.superpixels), -1).max(1) > 0)]
+        if not self.slices:
+            raise ValueError("no slice holds a superpixel inside the body")
+
+    def __len__(self) -> int:
+        return self.episodes_per_epoch
+
+    def query_pseudo_label(self, volume: EpisodeVolume, z: int, support_label: np.ndarray,
+                           rng: np.random.Generator) -> tuple[int, np.ndarray]:
+        """(query slice, its pseudo-label): the best-overlapping superpixel of a slice within ``neighbour``."""
+        if self.neighbour == 0:
+            return z, support_label
+        offsets = [d for d in range(-self.neighbour, self.neighbour + 1) if d and 0 <= z + d < len(volume.image)]
+        if not offsets:
+            return z, support_label
+        query = z + int(rng.choice(offsets))
+        segments = volume.superpixels[query]
+        overlap = np.bincount(segments[support_label > 0], minlength=segments.max() + 1)
+        overlap[0] = 0
+        best = int(overlap.argmax())
+        candidate = (segments == best) & (best > 0)
+        union = np.logical_or(candidate, support_label > 0).sum()
+        if union == 0 or overlap[best] / union < self.min_iou:
+            return z, support_label
+        return query, candidate.astype(np.uint8)
+
+    def __getitem__(self, index: int) -> dict:
+        rng = _seeded_rng()
+        v, z = self.slices[int(rng.integers(len(self.slices)))]
+        volume = self.volumes[v]
+        ids = np.unique(volume.superpixels[z])
+        support_label = (volume.superpixels[z] == rng.choice(ids[ids > 0])).astype(np.uint8)
+        query, query_label = self.query_pseudo_label(volume, z, support_label, rng)
+
+        def gamma() -> float:
+            return 1.0 if self.gamma_range is None else float(np.exp(rng.uniform(*np.log(self.gamma_range))))
+
+        def image(array: np.ndarray, g: float) -> torch.Tensor:
+            return torch.from_numpy(np.clip(array, 0, 1) ** g)[None].float()
+
+        def mask(array: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.asarray(array, np.float32))[None]
+
+        # the release's sabs_aug is set for 256 px slices: shifts and the elastic field scale with the slice
+        factor = volume.image.shape[-1] / 256.0
+
+        def warp(images, masks):
+            return random_warp(images, masks, rng, shift=5.0 * factor, elastic_alpha=10.0 * factor,
+                               elastic_sigma=max(5.0 * factor, 1.0))
+
+        (s_img,), (s_mask,) = warp([volume.image[z]], [support_label])
+        (q_img,), (q_mask,) = warp([volume.image[query]], [query_label])
+        negative_images, negative_masks = [], []
+        if self.n_unrelated:
+            far = [u for u in range(len(volume.image)) if abs(u - z) > max(self.neighbour, 1)]
+            pool = far or [u for u in range(len(volume.image)) if u != z] or [z]
+            for u in rng.choice(pool, self.n_unrelated, replace=len(pool) < self.n_unrelated):
+                segments = volume.superpixels[u]
+                counts = np.bincount(segments.ravel())
+                counts[0] = 0
+                largest = (segments == counts.argmax()) & (counts.max() > 0)
+                (n_img,), (n_mask,) = warp([volume.image[u]], [largest.astype(np.uint8)])
+                negative_images.append(image(n_img, gamma()))
+                negative_masks.append(mask(n_mask))
+        size = volume.image.shape[1:]
+        return {
+            keys.SUPPORT_IMAGE: image(s_img, gamma()), keys.SUPPORT_MASK: mask(s_mask),
+            keys.IMAGE: image(q_img, gamma()), keys.MASK: mask(q_mask), keys.PRIOR: mask(q_mask),
+            keys.NEGATIVE_IMAGE: torch.stack(negative_images) if negative_images else torch.zeros(0, 1, *size),
+            keys.NEGATIVE_MASK: torch.stack(negative_masks) if negative_masks else torch.zeros(0, 1, *size),
+            keys.NAME: f"{volume.name}_s{z:03d}_q{query:03d}_superpixel",
+        }
+
+
 def random_warp(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], rng: np.random.Generator,
                 rotate: float = 5.0, shift: float = 5.0, shear: float = 5.0, scale: Sequence[float] = (0.9, 1.2),
                 elastic_alpha: float = 10.0, elastic_sigma: float = 5.0) -> tuple[list, list]:
@@ -314,6 +487,10 @@ class EpisodicVolumeDataModule(BaseDataModule):
         superpixel_rank: which superpixel (by size) is the unrelated structure (1 = dominant, 2 = the code's).
         mrf_erosion, mrf_dilation: the MRF's per-slice erosion and dilation iterations (at the native resolution).
         batch_size, num_workers, pin_memory: loaders (evaluation: one scan per batch in ``episodes`` mode).
+        train_supervision: ``labels`` (episodes from the annotation) or ``superpixel`` (self-supervised episodes from
+            superpixel pseudo-labels, ``SuperpixelEpisodeDataset``: the training scans' labels are not read).
+        superpixel_min_size, superpixel_sigma: Felzenszwalb's settings at 256 px (SSL-ALPNet: 400, 1).
+        superpixel_neighbour: ``superpixel``: the query lies up to this many slices away (0: the same slice).
     """
 
     standin_config: Optional[str] = None
@@ -324,9 +501,15 @@ class EpisodicVolumeDataModule(BaseDataModule):
                  gamma_range: Optional[Sequence[float]] = None,
                  unrelated_source: Literal["auto", "organs", "superpixel"] = "auto", superpixel_rank: int = 2,
                  mrf_erosion: int = 4, mrf_dilation: int = 3, batch_size: int = 1, num_workers: int = 0,
-                 pin_memory: Optional[bool] = None, geometric: bool = False) -> None:
+                 pin_memory: Optional[bool] = None, geometric: bool = False,
+                 train_supervision: Literal["labels", "superpixel"] = "labels", superpixel_min_size: int = 400,
+                 superpixel_sigma: float = 1.0, superpixel_neighbour: int = 0) -> None:
         if mode not in ("episodes", "slices"):
             raise ValueError(f"mode must be 'episodes' or 'slices', got {mode!r}")
+        if train_supervision not in ("labels", "superpixel"):
+            raise ValueError(f"train_supervision must be 'labels' or 'superpixel', got {train_supervision!r}")
+        self.train_supervision, self.superpixel_min_size = train_supervision, superpixel_min_size
+        self.superpixel_sigma, self.superpixel_neighbour = superpixel_sigma, superpixel_neighbour
         super().__init__(batch_size, num_workers, pin_memory, eval_batch_size=1 if mode == "episodes" else batch_size)
         self.image_size, self.hu_window, self.mode = int(image_size), tuple(float(h) for h in hu_window), mode
         self.episodes_per_epoch, self.neighbour, self.n_unrelated = episodes_per_epoch, neighbour, n_unrelated
@@ -413,6 +596,13 @@ class EpisodicVolumeDataModule(BaseDataModule):
             volumes = self.load_split(split)
             if self.mode == "slices":
                 dataset = SliceDataset(volumes)
+            elif split == "train" and self.train_supervision == "superpixel":
+                for volume in volumes:
+                    if volume.superpixels is None:
+                        volume.superpixels = superpixel_volume(volume.image, self.superpixel_min_size,
+                                                               self.superpixel_sigma)
+                dataset = SuperpixelEpisodeDataset(volumes, self.episodes_per_epoch, self.superpixel_neighbour,
+                                                   self.n_unrelated, self.gamma_range)
             elif split == "train":
                 dataset = EpisodeDataset(volumes, self.episodes_per_epoch, self.neighbour, self.n_unrelated,
                                          self.support_mode, self.gamma_range, self.geometric)
