@@ -485,6 +485,46 @@ class RetinaNetCalcDetector(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------------------
+# The paper's detectors by head
+# --------------------------------------------------------------------------------------------------------------
+# Each head's detector class (imported when chosen: the head modules import this one for the backbones). Every
+# class takes backbone, backbone_args, num_classes, in_channels and backbone_ckpt, and follows the detector protocol.
+DETECTION_HEADS = {
+    "retinanet": "lightning_modules.swincalc.RetinaNetCalcDetector",
+    "reppoints": "lightning_modules.reppoints.RepPointsCalcDetector",
+    "deformable_detr": "lightning_modules.deformable_detr.DeformableDETRCalcDetector",
+}
+
+
+class SwinCalcDetector(nn.Module):
+    """One of the paper's detectors chosen by its ``head`` (a key of ``DETECTION_HEADS``) on ``backbone``;
+    ``head_args`` are that head's own arguments (e.g. RetinaNet's anchors, Deformable DETR's queries). Follows the
+    detector protocol of ``lightning_modules.tasks.detection``; ``parameter_groups`` passes the head's optimiser
+    groups (lr multipliers) on when it has them."""
+
+    def __init__(self, head: str = "retinanet", backbone: str = "swin_t", backbone_args: Optional[dict] = None,
+                 num_classes: int = 1, in_channels: int = 3, backbone_ckpt: Optional[str] = None,
+                 head_args: Optional[dict] = None):
+        super().__init__()
+        if head not in DETECTION_HEADS:
+            raise ValueError(f"unknown head {head!r}; choose from {sorted(DETECTION_HEADS)}")
+        import importlib
+
+        module_name, class_name = DETECTION_HEADS[head].rsplit(".", 1)
+        detector_class = getattr(importlib.import_module(module_name), class_name)
+        self.head = head
+        self.detector = detector_class(backbone=backbone, backbone_args=backbone_args, num_classes=num_classes,
+                                       in_channels=in_channels, backbone_ckpt=backbone_ckpt, **dict(head_args or {}))
+
+    def parameter_groups(self) -> list[dict]:
+        groups = getattr(self.detector, "parameter_groups", None)
+        return groups() if callable(groups) else [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    def forward(self, images: torch.Tensor, targets: Optional[list[dict[str, torch.Tensor]]] = None):
+        return self.detector(images, targets)
+
+
+# --------------------------------------------------------------------------------------------------------------
 # The trivial baseline: boxes on the brightest blobs
 # --------------------------------------------------------------------------------------------------------------
 class BrightSpotDetector(nn.Module):

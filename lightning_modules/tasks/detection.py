@@ -32,6 +32,7 @@ from torch import nn
 from lightning_modules import batch as keys
 from lightning_modules.metrics.detection import FROC, froc_figure
 from lightning_modules.tasks.base import BaseTask
+from lightning_modules.tasks.optim import scale_group_lrs
 
 
 class DetectionTask(BaseTask):
@@ -97,6 +98,17 @@ class DetectionTask(BaseTask):
 
     def forward(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         return self.network(images)
+
+    def optimizer_parameters(self):
+        """The network's own optimiser groups when it has ``parameter_groups()`` (each may carry an ``lr_scale``,
+        e.g. Deformable DETR's 0.1 x lr on the backbone and the sampling offsets), else every parameter."""
+        groups = getattr(self.network, "parameter_groups", None)
+        return groups() if callable(groups) else super().optimizer_parameters()
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.optimizer_parameters())
+        scale_group_lrs(optimizer)  # lr x lr_scale per group (1 without one), before any schedule reads the lrs
+        return self.with_scheduler(optimizer)
 
     def _num_test_loaders(self) -> tuple[int, list[str]]:
         datamodule = getattr(self.trainer, "datamodule", None)
