@@ -5,7 +5,9 @@ Raw release (https://www.creatis.insa-lyon.fr/Challenge/acdc/): ``training/patie
 the two annotated frames (end-diastole, end-systole) ``patientXXX_frameYY.nii.gz`` and their labels
 ``patientXXX_frameYY_gt.nii.gz``. Every short-axis slice of both frames is one sample; each frame is scaled to
 [0, 1] by its 0.5th-99.5th intensity percentiles. Patients are split 70/10/20 (train/val/test) with a seeded
-permutation (TransUNet's split; its lists are not in the release).
+permutation (TransUNet's split; its lists are not in the release). Items carry ``volume`` (the frame,
+``patientXXX_frameYY``), ``slice_index`` and ``spacing`` (mm, from the NIfTI header, scaled to the resized grid), so
+the segmentation task scores each restacked frame volume in 3-D (``test/dice_3d``, ``test/hd95_3d`` in mm).
 """
 from __future__ import annotations
 
@@ -67,12 +69,15 @@ class ACDCSliceDataModule(BaseDataModule):
     def frame_slices(self, patient: Path):
         import nibabel as nib
 
-        loaders, names = [], []
+        loaders, names, volume_slices = [], [], []
         for image, label in labelled_frames(patient, self.standin_config):
-            depth = nib.load(str(label)).shape[2]
+            header = nib.load(str(label))
+            depth, voxel = header.shape[2], tuple(float(v) for v in header.header.get_zooms()[:3])
+            frame = image.name.split(".")[0]
             loaders += [_frame_loader(image, label, z) for z in range(depth)]
-            names += [f"{image.name.split('.')[0]}_slice{z:02d}" for z in range(depth)]
-        return loaders, names
+            names += [f"{frame}_slice{z:02d}" for z in range(depth)]
+            volume_slices += [(frame, z, voxel) for z in range(depth)]
+        return loaders, names, volume_slices
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is not None:
@@ -85,11 +90,12 @@ class ACDCSliceDataModule(BaseDataModule):
         parts = {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
         augmentation = resolve_augmentation(self.augmentation)
         for split, indices in parts.items():
-            loaders, names = [], []
+            loaders, names, volume_slices = [], [], []
             for i in sorted(indices.tolist()):
-                more_loaders, more_names = self.frame_slices(patients[i])
+                more_loaders, more_names, more_slices = self.frame_slices(patients[i])
                 loaders += more_loaders
                 names += more_names
+                volume_slices += more_slices
             setattr(self, f"{split}_set", SliceDataset(loaders, names, self.image_size,
-                                                       augmentation if split == "train" else ()))
+                                                       augmentation if split == "train" else (), volume_slices))
         self.predict_set = self.test_set

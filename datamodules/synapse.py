@@ -8,9 +8,12 @@ the 12 test cases as volumes ``test_vol_h5/case<id>.npy.h5`` ({image, label}, (D
 ``lists/lists_Synapse/{train.txt, test_vol.txt}``. Slices are resized to ``image_size`` (bilinear image, nearest
 labels).
 
-Evaluation here is per 2-D test slice at ``image_size`` (Dice pooled over every slice of the test volumes, HD95 per
-slice); TransUNet scores each 3-D volume at 512x512 (Dice and HD95 per case and organ, then the mean): the
-numbers are close to but not the same as the paper's protocol (see docs/papers/harmss.md).
+Validation and test items carry ``volume`` (the case), ``slice_index`` and ``spacing``, so the segmentation task
+restacks them per case and scores each 3-D volume (Dice and HD95 per case and organ, then the mean: TransUNet's
+protocol, ``test/dice_3d``, ``test/hd95_3d``). The release holds no voxel size: ``spacing`` is the size of a resized
+pixel in original voxels (512 / ``image_size``), so HD95 is in 512x512 voxel units as TransUNet's (medpy's ``hd95``
+without spacing); TransUNet upsamples each prediction to 512x512 before scoring, here the labels are resized to
+``image_size`` instead (nearest), a small difference (see docs/papers/harmss.md).
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ from torch.utils.data import Dataset
 from datamodules.base import BaseDataModule, DatasetError
 from datamodules.seeded_transform import SeededTransform
 from datamodules.segmentation import resolve_augmentation
-from lightning_modules.batch import IMAGE, MASK, NAME
+from lightning_modules.batch import IMAGE, MASK, NAME, SLICE_INDEX, SPACING, VOLUME
 
 SYNAPSE_CLASSES = ("background", "aorta", "gallbladder", "kidney_left", "kidney_right", "liver", "pancreas",
                    "spleen", "stomach")
@@ -40,11 +43,20 @@ SYNAPSE_LAYOUT = """<data_dir>/                      (TransUNet's preprocessed S
 
 class SliceDataset(Dataset):
     """2-D images from ``loaders`` (each ``() -> (image (H, W) or (H, W, C) float32 in [0, 1], labels (H, W) int)``),
-    resized, augmented, as ``{image (C, H, W) float, mask (1, H, W) long, name}``."""
+    resized, augmented, as ``{image (C, H, W) float, mask (1, H, W) long, name}``.
+
+    ``volume_slices`` (one ``(volume name, slice index, voxel size (H, W, D) or None)`` per item) marks the items as
+    slices of volumes: they also carry ``volume``, ``slice_index`` and ``spacing`` (the voxel size of the resized
+    slice grid; without a voxel size: in original voxels), so the segmentation task scores restacked volumes."""
 
     def __init__(self, loaders: Sequence[Callable[[], tuple[np.ndarray, np.ndarray]]], names: Sequence[str],
-                 image_size: tuple[int, int], augmentation: Sequence = ()):
+                 image_size: tuple[int, int], augmentation: Sequence = (),
+                 volume_slices: Optional[Sequence[tuple[str, int, Optional[Sequence[float]]]]] = None):
         self.loaders, self.names = list(loaders), list(names)
+        self.image_size = tuple(image_size)
+        self.volume_slices = None if volume_slices is None else list(volume_slices)
+        if self.volume_slices is not None and len(self.volume_slices) != len(self.loaders):
+            raise ValueError(f"{len(self.volume_slices)} volume_slices for {len(self.loaders)} slices")
         self.transform = SeededTransform(A.Compose([
             A.Resize(*image_size, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST),
             *augmentation]))
@@ -56,8 +68,15 @@ class SliceDataset(Dataset):
         image, labels = self.loaders[index]()
         out = self.transform(image=np.asarray(image, dtype=np.float32), mask=np.asarray(labels, dtype=np.uint8))
         image = out["image"] if out["image"].ndim == 3 else out["image"][..., None]  # (H, W[, C]) -> (C, H, W)
-        return {IMAGE: torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float(),
+        item = {IMAGE: torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float(),
                 MASK: torch.from_numpy(np.ascontiguousarray(out["mask"]))[None].long(), NAME: self.names[index]}
+        if self.volume_slices is not None:
+            volume, slice_index, voxel = self.volume_slices[index]
+            voxel = (1.0, 1.0, 1.0) if voxel is None else tuple(float(v) for v in voxel)
+            scale = (labels.shape[0] / self.image_size[0], labels.shape[1] / self.image_size[1], 1.0)
+            item.update({VOLUME: volume, SLICE_INDEX: int(slice_index),
+                         SPACING: torch.tensor([v * f for v, f in zip(voxel, scale)], dtype=torch.float32)})
+        return item
 
 
 def _npz_loader(path: Path) -> Callable:
@@ -129,7 +148,9 @@ class SynapseDataModule(BaseDataModule):
         augmentation = resolve_augmentation(self.augmentation)
 
         def slice_set(names, aug):
-            return SliceDataset([_npz_loader(train_dir / f"{n}.npz") for n in names], names, self.image_size, aug)
+            volume_slices = [(n.split("_slice")[0], int(n.split("_slice")[1]), None) for n in names]
+            return SliceDataset([_npz_loader(train_dir / f"{n}.npz") for n in names], names, self.image_size, aug,
+                                volume_slices)
 
         self.train_set = slice_set([n for n in slices if n.split("_slice")[0] not in held], augmentation)
         self.test_set = self._volume_slices(test_dir, cases)
@@ -139,7 +160,7 @@ class SynapseDataModule(BaseDataModule):
     def _volume_slices(self, folder: Path, cases: Sequence[str]) -> SliceDataset:
         import h5py
 
-        loaders, names = [], []
+        loaders, names, volume_slices = [], [], []
         for case in cases:
             path = folder / f"{case}.npy.h5"
             if not path.is_file():
@@ -150,4 +171,5 @@ class SynapseDataModule(BaseDataModule):
                 depth = data["label"].shape[0]
             loaders += [_h5_slice_loader(path, z) for z in range(depth)]
             names += [f"{case}_slice{z:03d}" for z in range(depth)]
-        return SliceDataset(loaders, names, self.image_size)
+            volume_slices += [(case, z, None) for z in range(depth)]
+        return SliceDataset(loaders, names, self.image_size, volume_slices=volume_slices)

@@ -402,6 +402,9 @@ class HarmonizedSegmentationTask(SegmentationTask):
         normalization: how the datamodule normalised the images (``imagenet`` or ``unit``), so the noise is
             added in [0, 1] intensity space.
         noise_seed: the noise generator's seed (reproducible tests).
+        volume_metrics, hd95_3d: slices of volumes (Synapse, ACDC: batches with ``volume`` and ``slice_index``)
+            are also scored per restacked 3-D volume, the TransUNet protocol (``test/dice_3d[/<class>]``,
+            ``test/hd95_3d[/<class>]``; ``hd95_3d`` ``None``: as ``hd95``).
         Other arguments: ``SegmentationTask``'s.
     """
 
@@ -416,13 +419,15 @@ class HarmonizedSegmentationTask(SegmentationTask):
                  lr_scheduler: Optional[LRSchedulerCallable] = None,
                  scheduler_interval: Literal["epoch", "step"] = "epoch",
                  metrics: Optional[dict[str, Metric]] = None, class_names: Optional[Sequence[str]] = None,
-                 hd95: bool = False, spacing: Optional[Sequence[float]] = None, multilabel: bool = False):
+                 hd95: bool = False, spacing: Optional[Sequence[float]] = None, multilabel: bool = False,
+                 volume_metrics: bool = True, hd95_3d: Optional[bool] = None):
         super().__init__(network, num_classes=num_classes, bce_weight=bce_weight, dice_weight=dice_weight,
                          dice_smooth=dice_smooth, metric_aggregation=metric_aggregation, threshold=threshold,
                          monitor_metric=monitor_metric, figure_every_n_epochs=figure_every_n_epochs,
                          num_figure_samples=num_figure_samples, optimizer=optimizer, lr_scheduler=lr_scheduler,
                          scheduler_interval=scheduler_interval, loss=loss, metrics=metrics, class_names=class_names,
-                         hd95=hd95, spacing=spacing, multilabel=multilabel)
+                         hd95=hd95, spacing=spacing, multilabel=multilabel, volume_metrics=volume_metrics,
+                         hd95_3d=hd95_3d)
         self.save_config_hyperparameters()
         if test_noise not in (None, "gaussian", "bernoulli"):
             raise ValueError(f"test_noise must be gaussian, bernoulli or None, got {test_noise!r}")

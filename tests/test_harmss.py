@@ -213,6 +213,10 @@ def test_synapse_npz_slices_and_h5_volumes(tmp_path):
     sample = dm.test_set[1]
     assert sample["image"].shape == (1, 32, 32) and sample["mask"].dtype == torch.long
     assert sample["name"] == "case0001_slice001" and sample["mask"].max() <= 8
+    # slices of volumes: restacked per case by the task; spacing in 48-px voxels of the resized 32-px grid
+    assert (sample["volume"], sample["slice_index"]) == ("case0001", 1)
+    assert sample["spacing"].tolist() == pytest.approx([1.5, 1.5, 1.0])
+    assert (dm.val_set[1]["volume"], dm.val_set[1]["slice_index"]) == (dm.val_set.names[1].split("_slice")[0], 1)
     lists = tmp_path / "lists" / "lists_Synapse"
     lists.mkdir(parents=True)
     (lists / "train.txt").write_text("case0005_slice000\ncase0099_slice000\n")
@@ -230,8 +234,9 @@ def test_acdc_frames_split_by_patient(tmp_path):
         folder.mkdir(parents=True)
         for frame in (1, 12):
             stem = f"patient{p:03d}_frame{frame:02d}"
-            nib.save(nib.Nifti1Image(rng.random((40, 36, 3)).astype(np.float32) * 500, np.eye(4)), folder / f"{stem}.nii.gz")
-            nib.save(nib.Nifti1Image(rng.integers(0, 4, (40, 36, 3)).astype(np.uint8), np.eye(4)), folder / f"{stem}_gt.nii.gz")
+            affine = np.diag([1.5, 1.25, 10.0, 1.0])
+            nib.save(nib.Nifti1Image(rng.random((40, 36, 3)).astype(np.float32) * 500, affine), folder / f"{stem}.nii.gz")
+            nib.save(nib.Nifti1Image(rng.integers(0, 4, (40, 36, 3)).astype(np.uint8), affine), folder / f"{stem}_gt.nii.gz")
         (folder / f"patient{p:03d}_4d.nii.gz").touch()  # the cine 4-D file is not read
     dm = ACDCSliceDataModule(str(tmp_path), image_size=32, num_workers=0)
     dm.setup()
@@ -240,6 +245,10 @@ def test_acdc_frames_split_by_patient(tmp_path):
     assert not patients(dm.train_set) & patients(dm.test_set)
     sample = dm.train_set[0]
     assert sample["image"].shape == (1, 32, 32) and 0 <= sample["image"].min() and sample["image"].max() <= 1
+    # each frame is a volume; spacing in mm of the resized grid (1.5 mm x 40 / 32, 1.25 mm x 36 / 32, 10 mm)
+    test_item = dm.test_set[4]
+    assert test_item["volume"] == dm.test_set.names[4].rsplit("_slice", 1)[0] and test_item["slice_index"] == 1
+    assert test_item["spacing"].tolist() == pytest.approx([1.875, 1.40625, 10.0])
     (tmp_path / "training" / "patient003" / "patient003_frame12.nii.gz").unlink()
     with pytest.raises(DatasetError, match="missing frame or ground truth"):
         ACDCSliceDataModule(str(tmp_path), num_workers=0).setup()

@@ -19,12 +19,22 @@ name per channel, no background) and predicted as ``<name>_<label>.png`` (0/255)
 Several test sets (``BaseDataModule.test_sets``, e.g. one per unseen domain): the first loader logs ``test/...``,
 each further one ``test/<set name>/...`` (its own metrics, all-background baseline and overlay figure).
 
+Slices of volumes (2-D datasets whose items carry ``volume`` and ``slice_index``, optionally ``spacing``; batch.py,
+e.g. Synapse, ACDC): every validation and test set's slice predictions are also restacked per volume and scored in
+3-D with MONAI (``SliceVolumes``, ``volume_scores``): ``val/dice_3d``, ``test/dice_3d`` (mean over volumes of the
+mean over foreground classes, ``_std`` over volumes), ``test/hd95_3d`` (in the units of ``spacing``; voxels without
+it) and, with several foreground classes, ``test/dice_3d/<class>``, ``test/hd95_3d/<class>``; ``test/num_volumes``.
+This is the TransUNet protocol (Dice and HD95 per case and organ, then the mean). 3-D scores are gathered on one
+process (evaluate on a single device).
+
 ``python run.py predict`` writes each predicted mask as ``<run folder>/predictions/<name>.png`` (binary:
 0/255; multi-class: the labels; volumes: ``<name>.nii.gz``) through ``callbacks.MaskPNGWriter``.
 """
 from __future__ import annotations
 
 import time
+import warnings
+from collections import defaultdict
 from typing import Any, Literal, Optional, Sequence
 
 import numpy as np
@@ -59,6 +69,71 @@ class SegmentationPostprocessor:
 
     def __call__(self, probabilities: np.ndarray, image: np.ndarray) -> Any:
         raise NotImplementedError
+
+
+def volume_scores(prediction: np.ndarray, target: np.ndarray, num_classes: int,
+                  spacing: Optional[np.ndarray] = None, hd95: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Per foreground class 3D Dice and HD95 (MONAI) of one (H, W, D) label volume: two (K - 1,) arrays, NaN where
+    the class is absent from the ground truth (Dice) or from either map (HD95)."""
+    from monai.metrics import compute_dice, compute_hausdorff_distance
+
+    one_hot = [F.one_hot(torch.as_tensor(np.asarray(x), dtype=torch.long), num_classes).movedim(-1, 0)[None]
+               for x in (prediction, target)]
+    dice = compute_dice(one_hot[0], one_hot[1], include_background=False, ignore_empty=True)[0].numpy()
+    distances = np.full(num_classes - 1, np.nan)
+    if hd95:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # MONAI warns about a class absent from one of the maps (NaN/inf)
+            value = compute_hausdorff_distance(one_hot[0], one_hot[1], include_background=False, percentile=95,
+                                               spacing=None if spacing is None else [float(s) for s in spacing])
+        distances = value[0].numpy().astype(np.float64)
+        distances[~np.isfinite(distances)] = np.nan
+    return dice.astype(np.float64), distances
+
+
+class SliceVolumes:
+    """2-D slice predictions and masks gathered per volume (batch keys ``volume``, ``slice_index``, optionally
+    ``spacing`` (3,) of the restacked (H, W, D) grid), restacked along the last axis in slice order and scored per
+    volume with :func:`volume_scores`. Held as uint8 numpy on the CPU."""
+
+    def __init__(self) -> None:
+        self.slices: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = defaultdict(dict)
+        self.spacing: dict[str, np.ndarray] = {}
+
+    @staticmethod
+    def applies(batch: dict, prediction: torch.Tensor) -> bool:
+        """Whether ``batch`` holds slices of volumes (2-D labels (B, 1, H, W) with ``volume`` and ``slice_index``)."""
+        return keys.VOLUME in batch and keys.SLICE_INDEX in batch and prediction.dim() == 4 and prediction.shape[1] == 1
+
+    def update(self, batch: dict, prediction: torch.Tensor, mask: torch.Tensor) -> None:
+        predictions = prediction[:, 0].to(torch.uint8).cpu().numpy()
+        masks = mask[:, 0].to(torch.uint8).cpu().numpy()
+        spacing = batch.get(keys.SPACING)
+        for i, volume in enumerate(batch[keys.VOLUME]):
+            self.slices[volume][int(batch[keys.SLICE_INDEX][i])] = (predictions[i], masks[i])
+            if spacing is not None:
+                self.spacing[volume] = np.asarray(spacing[i].detach().cpu() if torch.is_tensor(spacing[i])
+                                                  else spacing[i], dtype=np.float64)
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+    def score(self, num_classes: int, hd95: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(V, K - 1) Dice and HD95 per volume (sorted by name) and foreground class."""
+        dices, distances = [], []
+        for volume in sorted(self.slices):
+            entry = self.slices[volume]
+            order = sorted(entry)
+            prediction = np.stack([entry[z][0] for z in order], axis=-1)
+            target = np.stack([entry[z][1] for z in order], axis=-1)
+            dice, distance = volume_scores(prediction, target, max(2, num_classes), self.spacing.get(volume), hd95)
+            dices.append(dice)
+            distances.append(distance)
+        return np.stack(dices), np.stack(distances)
+
+    def reset(self) -> None:
+        self.slices.clear()
+        self.spacing.clear()
 
 
 class SegmentationTask(BaseTask):
@@ -98,6 +173,9 @@ class SegmentationTask(BaseTask):
             loader only; not with ``multilabel``.
         multilabel: ``num_classes`` independent sigmoid channels (masks (B, K, *S) multi-hot float); ``class_names``
             then names the K channels (no background).
+        volume_metrics: restack slices per ``volume`` and score them in 3-D when the batches carry ``volume`` and
+            ``slice_index`` (see the module docstring; exclusive classes only, not with ``multilabel``).
+        hd95_3d: the 3-D scores at test include HD95 (``test/hd95_3d``); ``None``: as ``hd95``.
     """
 
     monitor = "val/dice"
@@ -116,11 +194,15 @@ class SegmentationTask(BaseTask):
                  spacing: Optional[Sequence[float]] = None, roi_size: Optional[Sequence[int]] = None,
                  sw_batch_size: int = 2, sw_overlap: float = 0.25,
                  sw_mode: Literal["gaussian", "constant"] = "gaussian",
-                 postprocessing: Optional[dict[str, SegmentationPostprocessor]] = None, multilabel: bool = False):
+                 postprocessing: Optional[dict[str, SegmentationPostprocessor]] = None, multilabel: bool = False,
+                 volume_metrics: bool = True, hd95_3d: Optional[bool] = None):
         super().__init__(optimizer=optimizer, lr_scheduler=lr_scheduler, scheduler_interval=scheduler_interval,
                          figure_every_n_epochs=figure_every_n_epochs)
-        if monitor_metric not in ("val/loss", *(f"val/{name}" for name in METRIC_NAMES)):
-            raise ValueError(f"monitor_metric must be val/loss or val/<{'|'.join(METRIC_NAMES)}>, got {monitor_metric}")
+        if monitor_metric not in ("val/loss", "val/dice_3d", *(f"val/{name}" for name in METRIC_NAMES)):
+            raise ValueError(f"monitor_metric must be val/loss, val/dice_3d or val/<{'|'.join(METRIC_NAMES)}>, "
+                             f"got {monitor_metric}")
+        if monitor_metric == "val/dice_3d" and (not volume_metrics or multilabel):
+            raise ValueError("monitor_metric val/dice_3d needs volume_metrics (and exclusive classes)")
         self.save_config_hyperparameters()
         self.network = network
         self.num_classes = num_classes
@@ -163,6 +245,9 @@ class SegmentationTask(BaseTask):
         self.postprocessed_stats = nn.ModuleDict({
             name: nn.ModuleDict({stat: CatMetric() for stat in ("seconds", *postprocessor.stat_names)})
             for name, postprocessor in self.postprocessors.items()})
+        self.volume_metrics = volume_metrics and not multilabel
+        self.hd95_3d = hd95 if hd95_3d is None else hd95_3d
+        self._volumes: dict[str, SliceVolumes] = {}  # per stage prefix (val, test, test/<set>)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Main logits (B, K, H, W)."""
@@ -229,6 +314,7 @@ class SegmentationTask(BaseTask):
         self.val_loss.update(loss, weight=image.shape[0])
         self.val_metrics.update(prediction, mask)
         self.update_extra_metrics("val", prediction, mask.long())
+        self._gather_volumes("val", batch, prediction, mask)
         if batch_idx == 0 and self.figure_due():
             self.log_figure(f"val/overlay_epoch{self.current_epoch:03d}", overlay_figure(
                 image, mask, prediction, batch.get(keys.NAME), self.num_figure_samples))
@@ -240,6 +326,7 @@ class SegmentationTask(BaseTask):
         self.val_loss.reset()
         self.val_metrics.reset()
         self.log_extra_metrics("val")
+        self._log_volume_scores("val", hd95=False)
 
     def on_test_start(self) -> None:
         # Further test loaders (the datamodule's test_sets): their own metrics, logged as test/<name>/...
@@ -271,6 +358,7 @@ class SegmentationTask(BaseTask):
             self.test_hd95.update(prediction, mask)
         self.test_metrics_all_background.update(torch.zeros_like(prediction), mask)
         self.update_extra_metrics("test", prediction, mask.long())
+        self._gather_volumes("test", batch, prediction, mask)
         if self.postprocessors:
             self._postprocess(outputs[0], image, mask)
         if batch_idx == 0 and self.trainer.is_global_zero:
@@ -284,9 +372,37 @@ class SegmentationTask(BaseTask):
         self.test_set_metrics[name]["all_background"].update(torch.zeros_like(prediction), mask)
         if name in self.test_set_hd95:
             self.test_set_hd95[name].update(prediction, mask)
+        self._gather_volumes(f"test/{name}", batch, prediction, mask)
         if batch_idx == 0 and self.trainer.is_global_zero:
             self.log_figure(f"test/{name}/overlay", overlay_figure(image, mask, prediction, batch.get(keys.NAME),
                                                                    self.num_figure_samples))
+
+    # -- per-volume scores of slice datasets ---------------------------------------------------------
+    def _gather_volumes(self, prefix: str, batch: dict, prediction: torch.Tensor, mask: torch.Tensor) -> None:
+        if self.volume_metrics and SliceVolumes.applies(batch, prediction):
+            self._volumes.setdefault(prefix, SliceVolumes()).update(batch, prediction, mask)
+
+    def _log_volume_scores(self, prefix: str, hd95: bool) -> None:
+        volumes = self._volumes.pop(prefix, None)
+        if not volumes:
+            return
+        dice, distance = volumes.score(self.num_classes, hd95)
+        classes = self.foreground_names() or [f"class{k}" for k in range(1, dice.shape[1] + 1)]
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a class absent from a volume (or all): NaN
+            per_volume = {"dice_3d": np.nanmean(dice, 1)}
+            if hd95:
+                per_volume["hd95_3d"] = np.nanmean(distance, 1)
+            if prefix == "val":
+                self.log("val/dice_3d", float(np.nanmean(per_volume["dice_3d"])), prog_bar=True)
+                return
+        self.log(f"{prefix}/num_volumes", float(len(dice)))
+        values = {name: torch.from_numpy(value) for name, value in per_volume.items()}
+        if dice.shape[1] > 1:  # per foreground class, over the volumes
+            values.update({f"dice_3d/{name}": torch.from_numpy(dice[:, k]) for k, name in enumerate(classes)})
+            if hd95:
+                values.update({f"hd95_3d/{name}": torch.from_numpy(distance[:, k]) for k, name in enumerate(classes)})
+        self.log_mean_std(prefix, values)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """(B, K, *S) class probabilities (binary: [1 - p, p])."""
@@ -347,6 +463,8 @@ class SegmentationTask(BaseTask):
         return self.class_names[1:] if self.class_names and self.num_classes > 1 else None
 
     def on_test_epoch_end(self) -> None:
+        for prefix in list(self._volumes):
+            self._log_volume_scores(prefix, hd95=self.hd95_3d)
         per_image_dice = self._log_test_metrics("test", self.test_metrics, self.test_hd95)
         baseline = self.test_metrics_all_background.compute()
         self.log("test/dice_all_background", baseline["dice"])
