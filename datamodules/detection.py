@@ -43,8 +43,8 @@ class DetectionItem:
 
 
 def detection_collate(items: Sequence[dict]) -> dict:
-    """Stacks the images (and any other equal-shape tensors); boxes, box labels and names stay lists."""
-    listed = (keys.BOXES, keys.BOX_LABELS, keys.NAME)
+    """Stacks the images (and any other equal-shape tensors); boxes, box labels, names and patients stay lists."""
+    listed = (keys.BOXES, keys.BOX_LABELS, keys.NAME, keys.PATIENT)
     batch = {key: [item[key] for item in items] for key in listed if key in items[0]}
     rest = [{k: v for k, v in item.items() if k not in listed} for item in items]
     batch.update(default_collate(rest))
@@ -119,7 +119,7 @@ class DiscreteIntensity:
 
 
 class DetectionDataset(Dataset):
-    """Items -> dict batches (``image`` (3, H, W) float, ``boxes``, ``box_labels``, ``name``).
+    """Items -> dict batches (``image`` (3, H, W) float, ``boxes``, ``box_labels``, ``name``, ``patient``).
 
     Args:
         items: the images and their boxes.
@@ -185,7 +185,8 @@ class DetectionDataset(Dataset):
             image = self.intensity(image, np.random.default_rng(int(torch.randint(0, 2 ** 31 - 1, (1,)))))
         tensor = torch.from_numpy(np.ascontiguousarray(image))[None].expand(self.channels, -1, -1).clone()
         return {keys.IMAGE: tensor, keys.BOXES: torch.from_numpy(boxes.copy()),
-                keys.BOX_LABELS: torch.from_numpy(labels.astype(np.int64)), keys.NAME: item.name}
+                keys.BOX_LABELS: torch.from_numpy(labels.astype(np.int64)), keys.NAME: item.name,
+                keys.PATIENT: str(item.patient)}
 
 
 def patient_split(patients: Sequence[str], fractions: Sequence[float] = (0.7, 0.1, 0.2), seed: int = 0

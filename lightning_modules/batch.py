@@ -50,6 +50,8 @@ SAMPLE_RATE = "sample_rate"
 #: detection targets, one entry per image (counts differ, so lists, not stacked; datamodules.detection collates):
 #: boxes float (N_i, 4) in pixel (x1, y1, x2, y2), x along the width; their class indices int64 (N_i,).
 BOXES, BOX_LABELS = "boxes", "box_labels"
+#: list[str]: the patient an image belongs to (detection: the unit of the patient bootstrap).
+PATIENT = "patient"
 #: weak (point) supervision: sparse labels int64 (B, 1, *S), the class on annotated pixels, -1 elsewhere
 #: (datamodules/point_labels.py), and signed distance maps from them float (B, K, *S) (boundary losses).
 POINTS, DISTANCE_MAPS = "points", "distance_maps"
@@ -68,7 +70,7 @@ VOCABULARY = frozenset({IMAGE, AUDIO, SIGNAL, VIDEO, MASK, LABEL, TARGET, GROUP,
                         FIXED_SEG, MOVING_SEG, FIXED_LANDMARKS, MOVING_LANDMARKS, DIAGONAL, MIXTURE, SOURCES, SAMPLE_RATE,
                         BOXES, BOX_LABELS, SUPPORT_IMAGE, SUPPORT_MASK, NEGATIVE_IMAGE, NEGATIVE_MASK, PRIOR, START_SLICE,
                         POINTS, DISTANCE_MAPS, VOLUME, SLICE_INDEX, SPACING, PULSE, VALID, NUM_CLIPS, RGB,
-                        LANDMARKS})
+                        LANDMARKS, PATIENT})
 
 def require(batch: Mapping, *keys: str, task: str = "this task") -> None:
     """Fail with one readable message when a batch lacks keys a task needs (a dataset/task mismatch)."""

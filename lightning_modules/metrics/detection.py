@@ -13,10 +13,17 @@ distinct score, plus (0, 0)), and TPR at a given FPpI is read from it by linear 
 ``compute_froc_score``, so the numbers agree with MONAI's given the same per-target and false-positive scores
 (tests/test_detection_task.py checks it). AUFC[0, a] is the area under that interpolated curve over FPpI in
 [0, a], divided by a (so it lies in [0, 1] and is below TPR@a).
+
+The patient bootstrap (the paper's section 3.5; Samuelson & Petrick 2006): patients are drawn with replacement,
+as many as the set has, 10,000 times; the FROC is recomputed on each resample (an image drawn k times counts k
+times) and its metrics are collected. ``bootstrap_froc`` gives their percentile confidence intervals and the
+average FROC curve (the paper's Fig. 4-5); ``bootstrap_compare`` the paired differences between two detectors on
+the same resamples and the paper's p-value, the fraction of differences <= 0.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -101,6 +108,9 @@ class FROC(Metric):
         self.add_state("fp_scores", default=[], dist_reduce_fx="cat")
         self.add_state("target_scores", default=[], dist_reduce_fx="cat")
         self.add_state("num_images", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        # per image how many of the concatenated scores are its own: the image boundaries the bootstrap resamples
+        self.add_state("fp_counts", default=[], dist_reduce_fx="cat")
+        self.add_state("target_counts", default=[], dist_reduce_fx="cat")
 
     def update(self, preds: Sequence[dict], targets: Sequence[dict]) -> None:
         if len(preds) != len(targets):
@@ -111,12 +121,24 @@ class FROC(Metric):
                                           *labels)
             self.fp_scores.append(fp.to(self.device))
             self.target_scores.append(per_target.to(self.device))
+            self.fp_counts.append(torch.tensor([fp.numel()], device=self.device))
+            self.target_counts.append(torch.tensor([per_target.numel()], device=self.device))
         self.num_images += len(preds)
 
     def _gathered(self) -> tuple[torch.Tensor, torch.Tensor]:
         fp = dim_zero_cat(self.fp_scores) if len(self.fp_scores) else torch.zeros(0, device=self.device)
         tp = dim_zero_cat(self.target_scores) if len(self.target_scores) else torch.zeros(0, device=self.device)
         return fp, tp
+
+    def per_image(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Per image (in update order; under DDP rank by rank) its false-positive scores and its targets' best
+        scores (-inf where missed): the input of ``bootstrap_froc``."""
+        with self.sync_context():  # under DDP every rank's images, in rank order (a no-op otherwise)
+            fp, tp = (t.detach().double().cpu().numpy() for t in self._gathered())
+            counts = [dim_zero_cat(c).cpu().numpy() if len(c) else np.zeros(0, dtype=np.int64)
+                      for c in (self.fp_counts, self.target_counts)]
+        return (np.split(fp, np.cumsum(counts[0])[:-1]) if len(counts[0]) else [],
+                np.split(tp, np.cumsum(counts[1])[:-1]) if len(counts[1]) else [])
 
     def curve(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         fp, tp = self._gathered()
@@ -130,6 +152,177 @@ class FROC(Metric):
         out["num_targets"] = torch.tensor(float(tp.numel()))
         out["num_images"] = self.num_images.float()
         return out
+
+
+@dataclass
+class BootstrapResult:
+    """``estimate``: the metrics on the original set; ``low``/``high``: their percentile interval; ``replicates``:
+    (n_resamples,) per metric; ``fppi_grid``/``mean_tpr``: the average of the resamples' FROC curves."""
+
+    estimate: dict[str, float]
+    low: dict[str, float]
+    high: dict[str, float]
+    replicates: dict[str, np.ndarray]
+    fppi_grid: np.ndarray
+    mean_tpr: np.ndarray
+    confidence: float
+
+
+@dataclass
+class BootstrapComparison:
+    """Detector A minus detector B: ``delta`` on the original set, ``low``/``high`` its percentile interval, ``p_value``
+    the fraction of resamples where A does not beat B (difference <= 0), and both detectors' ``BootstrapResult``."""
+
+    delta: dict[str, float]
+    low: dict[str, float]
+    high: dict[str, float]
+    p_value: dict[str, float]
+    a: BootstrapResult
+    b: BootstrapResult
+    replicates: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+
+
+def _metric_names(fppi: Sequence[float], aufc_limits: Sequence[float]) -> list[str]:
+    return [f"tpr@{x:g}" for x in fppi] + [f"aufc@{x:g}" for x in aufc_limits]
+
+
+def _curve_metrics(fppi_curve: np.ndarray, tpr_curve: np.ndarray, fppi: Sequence[float],
+                   aufc_limits: Sequence[float]) -> list[float]:
+    return [tpr_at_fppi(fppi_curve, tpr_curve, x) for x in fppi] + [aufc(fppi_curve, tpr_curve, x)
+                                                                    for x in aufc_limits]
+
+
+def resample_counts(num_groups: int, n_resamples: int, seed: int = 0, chunk: int = 2 ** 22) -> np.ndarray:
+    """(n_resamples, num_groups) int: how often each group (patient) is drawn in each resample of ``num_groups``
+    draws with replacement. The draws are ``np.random.default_rng(seed).integers(0, G, (R, G))`` (scipy.stats.bootstrap's
+    way), made in chunks of about ``chunk`` numbers for large sets."""
+    rng = np.random.default_rng(seed)
+    rows = max(1, chunk // max(num_groups, 1))
+    counts = np.empty((n_resamples, num_groups), dtype=np.int64)
+    for start in range(0, n_resamples, rows):
+        draws = rng.integers(0, num_groups, (min(rows, n_resamples - start), num_groups))
+        offsets = (np.arange(draws.shape[0]) * num_groups)[:, None]
+        counts[start:start + draws.shape[0]] = np.bincount((draws + offsets).ravel(),
+                                                           minlength=draws.size).reshape(draws.shape)
+    return counts
+
+
+def _group_index(groups: Sequence, num_images: int) -> tuple[np.ndarray, int]:
+    if len(groups) != num_images:
+        raise ValueError(f"{len(groups)} group (patient) ids for {num_images} images")
+    first_seen: dict = {}  # groups numbered in order of appearance (the resample counts' columns)
+    index = np.asarray([first_seen.setdefault(str(g), len(first_seen)) for g in groups], dtype=np.int64)
+    return index, len(first_seen)
+
+
+def _replicate_metrics(fp_scores: Sequence[np.ndarray], target_scores: Sequence[np.ndarray], image_group: np.ndarray,
+                       counts: np.ndarray, fppi: Sequence[float], aufc_limits: Sequence[float],
+                       fppi_grid: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(R, metrics) and (R, grid) mean-curve TPRs. An image weighs as often as its patient is drawn, so each row
+    is ``froc_curve`` of the resampled set with images repeated (the weighted counts are the repeated counts;
+    thresholds of images not drawn only add repeated points, which change neither the interpolation nor the area)."""
+    fp_all = np.concatenate([np.asarray(f, dtype=np.float64).reshape(-1) for f in fp_scores] + [np.zeros(0)])
+    tp_all = np.concatenate([np.asarray(t, dtype=np.float64).reshape(-1) for t in target_scores] + [np.zeros(0)])
+    fp_group = np.repeat(image_group, [np.asarray(f).size for f in fp_scores]).astype(np.int64)
+    tp_group = np.repeat(image_group, [np.asarray(t).size for t in target_scores]).astype(np.int64)
+    found = np.isfinite(tp_all)
+    thresholds = np.unique(np.concatenate([fp_all, tp_all[found]]))
+    num_groups = counts.shape[1]
+    # per group, per threshold: the scores at that threshold (a sparse (G, T) table as flat bincounts)
+    size = num_groups * len(thresholds)
+    fp_table = np.bincount(fp_group * len(thresholds) + np.searchsorted(thresholds, fp_all), minlength=size)
+    tp_table = np.bincount(tp_group[found] * len(thresholds) + np.searchsorted(thresholds, tp_all[found]),
+                           minlength=size)
+    fp_table, tp_table = (t.reshape(num_groups, len(thresholds)).astype(np.float64) for t in (fp_table, tp_table))
+    images_per_group = np.bincount(image_group, minlength=num_groups).astype(np.float64)
+    targets_per_group = np.bincount(tp_group, minlength=num_groups).astype(np.float64)
+    metrics = np.empty((counts.shape[0], len(fppi) + len(aufc_limits)))
+    curves = np.empty((counts.shape[0], len(fppi_grid)))
+    for start in range(0, counts.shape[0], batch):
+        weights = counts[start:start + batch].astype(np.float64)
+        # scores >= threshold j: suffix sums over the thresholds
+        fps = np.cumsum((weights @ fp_table)[:, ::-1], axis=1)[:, ::-1]
+        tps = np.cumsum((weights @ tp_table)[:, ::-1], axis=1)[:, ::-1]
+        num_images, num_targets = weights @ images_per_group, weights @ targets_per_group
+        for row in range(weights.shape[0]):
+            fppi_curve = np.append(fps[row], 0.0) / max(num_images[row], 1.0)
+            tpr_curve = (np.append(tps[row], 0.0) / num_targets[row] if num_targets[row]
+                         else np.zeros(len(thresholds) + 1))
+            metrics[start + row] = _curve_metrics(fppi_curve, tpr_curve, fppi, aufc_limits)
+            curves[start + row] = np.interp(fppi_grid, fppi_curve[::-1], tpr_curve[::-1])
+    return metrics, curves
+
+
+def _percentile_interval(replicates: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    alpha = (1.0 - confidence) / 2.0
+    return (np.percentile(replicates, 100 * alpha, axis=0), np.percentile(replicates, 100 * (1 - alpha), axis=0))
+
+
+def _check_bootstrap_args(n_resamples: int, confidence: float) -> None:
+    if n_resamples < 1 or not 0.0 < confidence < 1.0:
+        raise ValueError(f"n_resamples must be >= 1 and confidence in (0, 1), got {n_resamples}, {confidence}")
+
+
+def bootstrap_froc(fp_scores: Sequence[np.ndarray], target_scores: Sequence[np.ndarray], groups: Sequence,
+                   fppi: Sequence[float] = (0.1,), aufc_limits: Sequence[float] = (0.1, 1.0),
+                   n_resamples: int = 10_000, confidence: float = 0.95, seed: int = 0, max_fppi: float = 2.0,
+                   grid_points: int = 201) -> BootstrapResult:
+    """Patient-level bootstrap of the FROC metrics (the paper's: patients with replacement, as many as the set has,
+    10,000 resamples).
+
+    Args:
+        fp_scores, target_scores: per image its false-positive scores and its targets' best scores (-inf: missed),
+            as ``FROC.per_image()`` returns them.
+        groups: per image its patient (the resampling unit; one image per patient resamples images).
+        fppi, aufc_limits: the metrics, ``tpr@<x>`` and ``aufc@<x>``.
+        n_resamples, seed: the resamples (``resample_counts``).
+        confidence: of the percentile interval (the paper reports p-values, not intervals: 0.95 is our choice).
+        max_fppi, grid_points: the FPpI grid of the average curve.
+    """
+    _check_bootstrap_args(n_resamples, confidence)
+    if len(fp_scores) != len(target_scores):
+        raise ValueError(f"{len(fp_scores)} images of false-positive scores, {len(target_scores)} of target scores")
+    image_group, num_groups = _group_index(groups, len(fp_scores))
+    counts = resample_counts(num_groups, n_resamples, seed)
+    return _bootstrap_with_counts(fp_scores, target_scores, image_group, counts, fppi, aufc_limits, confidence,
+                                  np.linspace(0.0, max_fppi, grid_points))
+
+
+def _bootstrap_with_counts(fp_scores, target_scores, image_group, counts, fppi, aufc_limits, confidence, grid
+                           ) -> BootstrapResult:
+    names = _metric_names(fppi, aufc_limits)
+    fp_all = np.concatenate([np.asarray(f, dtype=np.float64).reshape(-1) for f in fp_scores] + [np.zeros(0)])
+    tp_all = np.concatenate([np.asarray(t, dtype=np.float64).reshape(-1) for t in target_scores] + [np.zeros(0)])
+    fppi_curve, tpr_curve, _ = froc_curve(torch.from_numpy(fp_all), torch.from_numpy(tp_all), len(fp_scores))
+    estimate = _curve_metrics(fppi_curve, tpr_curve, fppi, aufc_limits)
+    replicates, curves = _replicate_metrics(fp_scores, target_scores, image_group, counts, fppi, aufc_limits, grid)
+    low, high = _percentile_interval(replicates, confidence)
+    return BootstrapResult(dict(zip(names, estimate)), dict(zip(names, low.tolist())), dict(zip(names, high.tolist())),
+                           {n: replicates[:, i] for i, n in enumerate(names)}, grid, curves.mean(axis=0), confidence)
+
+
+def bootstrap_compare(a: tuple[Sequence[np.ndarray], Sequence[np.ndarray]],
+                      b: tuple[Sequence[np.ndarray], Sequence[np.ndarray]], groups: Sequence,
+                      fppi: Sequence[float] = (0.1,), aufc_limits: Sequence[float] = (0.1, 1.0),
+                      n_resamples: int = 10_000, confidence: float = 0.95, seed: int = 0, max_fppi: float = 2.0,
+                      grid_points: int = 201) -> BootstrapComparison:
+    """Paired patient bootstrap of detector A against detector B on the same images (the paper's Tables 7-8): both
+    are scored on the same resamples; ``p_value`` is the fraction of resamples with A - B <= 0 (A significantly
+    better when < 0.05). ``a`` and ``b``: (fp_scores, target_scores) per image, as ``FROC.per_image()``."""
+    _check_bootstrap_args(n_resamples, confidence)
+    if not len(a[0]) == len(b[0]) == len(a[1]) == len(b[1]):
+        raise ValueError("both detectors must be scored on the same images")
+    image_group, num_groups = _group_index(groups, len(a[0]))
+    counts = resample_counts(num_groups, n_resamples, seed)
+    grid = np.linspace(0.0, max_fppi, grid_points)
+    res_a = _bootstrap_with_counts(*a, image_group, counts, fppi, aufc_limits, confidence, grid)
+    res_b = _bootstrap_with_counts(*b, image_group, counts, fppi, aufc_limits, confidence, grid)
+    names = list(res_a.estimate)
+    diffs = {n: res_a.replicates[n] - res_b.replicates[n] for n in names}
+    low, high = _percentile_interval(np.stack([diffs[n] for n in names], axis=1), confidence)
+    return BootstrapComparison({n: res_a.estimate[n] - res_b.estimate[n] for n in names},
+                               dict(zip(names, low.tolist())), dict(zip(names, high.tolist())),
+                               {n: float(np.mean(diffs[n] <= 0)) for n in names}, res_a, res_b, diffs)
 
 
 def froc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], max_fppi: float = 2.0, marks: Sequence[float] = ()):

@@ -17,7 +17,9 @@ Validation and test score the predictions with the lesion-level FROC (``lightnin
 [0, x]); the test also draws the FROC curves (``figures/test_froc.png``) and, at validation, a few images with
 their true and predicted boxes. ``baselines`` (untrained detectors, e.g. brightest-spot boxes) are scored next to
 the network at test (``test/baseline_<name>/...``), so a run reports its trivial baseline. Further test sets of
-the DataModule (``test_sets``, e.g. an external site) log as ``test/<name>/...``.
+the DataModule (``test_sets``, e.g. an external site) log as ``test/<name>/...``. With ``bootstrap_resamples`` the
+test also runs the paper's patient bootstrap: percentile intervals ``test/<metric>_ci_low``/``_ci_high`` and, per
+baseline, the paired p-value that the network does not beat it (``test/baseline_<name>/p_<metric>``).
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from lightning_modules import batch as keys
-from lightning_modules.metrics.detection import FROC, froc_figure
+from lightning_modules.metrics.detection import FROC, bootstrap_compare, bootstrap_froc, froc_figure
 from lightning_modules.tasks.base import BaseTask
 from lightning_modules.tasks.optim import scale_group_lrs
 
@@ -52,7 +54,10 @@ class DetectionTask(BaseTask):
         warmup_steps, warmup_ratio: linear learning-rate warm-up over the first optimiser steps from
             ``warmup_ratio`` x lr to lr (MMDetection's, under any epoch-wise ``lr_scheduler``, e.g. MultiStepLR;
             the warm-up should end before its first milestone).
-        input_key, boxes_key, labels_key, name_key: batch keys.
+        bootstrap_resamples: patient-bootstrap resamples at test (the paper's 10,000; 0: none). Patients come from
+            the batches' ``patient_key`` (an image without one is its own patient).
+        bootstrap_confidence: the percentile intervals' level (the paper reports p-values only; 0.95 our choice).
+        input_key, boxes_key, labels_key, name_key, patient_key: batch keys.
     """
 
     monitor_mode = "max"
@@ -61,16 +66,23 @@ class DetectionTask(BaseTask):
                  aufc_limits: Sequence[float] = (0.1, 1.0), class_aware: bool = False,
                  monitor_metric: Optional[str] = None, baselines: Optional[dict[str, nn.Module]] = None,
                  max_figure_images: int = 4, warmup_steps: int = 0, warmup_ratio: float = 0.001,
+                 bootstrap_resamples: int = 0, bootstrap_confidence: float = 0.95,
                  optimizer: OptimizerCallable = torch.optim.AdamW,
                  lr_scheduler: Optional[LRSchedulerCallable] = None,
                  scheduler_interval: Literal["epoch", "step"] = "epoch", figure_every_n_epochs: int = 1,
                  input_key: str = keys.IMAGE, boxes_key: str = keys.BOXES, labels_key: str = keys.BOX_LABELS,
-                 name_key: str = keys.NAME):
+                 name_key: str = keys.NAME, patient_key: str = keys.PATIENT):
         super().__init__(optimizer=optimizer, lr_scheduler=lr_scheduler, scheduler_interval=scheduler_interval,
                          figure_every_n_epochs=figure_every_n_epochs)
         self.save_config_hyperparameters()
         self.network = network
         self.input_key, self.boxes_key, self.labels_key, self.name_key = input_key, boxes_key, labels_key, name_key
+        self.patient_key = patient_key
+        if bootstrap_resamples < 0 or not 0.0 < bootstrap_confidence < 1.0:
+            raise ValueError(f"bootstrap_resamples must be >= 0 and bootstrap_confidence in (0, 1), "
+                             f"got {bootstrap_resamples}, {bootstrap_confidence}")
+        self.bootstrap_resamples, self.bootstrap_confidence = bootstrap_resamples, bootstrap_confidence
+        self._test_patients: list[list[str]] = []
         self.max_figure_images = max_figure_images
         if warmup_steps < 0 or not 0.0 < warmup_ratio <= 1.0:
             raise ValueError(f"warmup_steps must be >= 0 and warmup_ratio in (0, 1], "
@@ -170,10 +182,15 @@ class DetectionTask(BaseTask):
         self.test_frocs = nn.ModuleList([FROC(**self.metric_args) for _ in range(count)]).to(self.device)
         self.baseline_frocs = nn.ModuleList([nn.ModuleList([FROC(**self.metric_args) for _ in self.baselines])
                                              for _ in range(count)]).to(self.device)
+        self._test_patients = [[] for _ in range(count)]
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         targets = self.targets(batch)
         self.test_frocs[dataloader_idx].update(self(batch[self.input_key]), targets)
+        start = len(self._test_patients[dataloader_idx])
+        patients = batch.get(self.patient_key) or [f"rank{self.global_rank}_image{start + i}"
+                                                   for i in range(len(targets))]
+        self._test_patients[dataloader_idx].extend(str(p) for p in patients)
         for froc, baseline in zip(self.baseline_frocs[dataloader_idx], self.baselines.values()):
             froc.update(baseline(batch[self.input_key]), targets)
 
@@ -187,9 +204,30 @@ class DetectionTask(BaseTask):
                 self.log_dict({f"{prefix}/baseline_{name}/{k}": v for k, v in base.compute().items()
                                if k not in ("num_images", "num_targets")}, add_dataloader_idx=False)
                 curves[f"{prefix} baseline {name}"] = base.curve()[:2]
+            if self.bootstrap_resamples:
+                self.log_dict(self._bootstrap_logs(index, prefix), add_dataloader_idx=False)
         if self.trainer.is_global_zero and curves:
             marks = self.metric_args["fppi"]
             self.log_figure("test/froc", froc_figure(curves, max_fppi=max(2.0, *marks), marks=marks))
+
+    def _bootstrap_logs(self, index: int, prefix: str) -> dict[str, float]:
+        """The patient bootstrap of test set ``index``: the network's intervals and its paired p-values against
+        each baseline (all on the same resamples)."""
+        patients = self._test_patients[index]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():  # the metric states' rank order
+            gathered = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, patients)
+            patients = [p for part in gathered for p in part]
+        args = dict(fppi=self.metric_args["fppi"], aufc_limits=self.metric_args["aufc_limits"],
+                    n_resamples=self.bootstrap_resamples, confidence=self.bootstrap_confidence, seed=0)
+        ours = self.test_frocs[index].per_image()
+        result = bootstrap_froc(*ours, patients, **args)
+        logs = {f"{prefix}/{k}_ci_low": v for k, v in result.low.items()}
+        logs.update({f"{prefix}/{k}_ci_high": v for k, v in result.high.items()})
+        for name, base in zip(self.baselines, self.baseline_frocs[index]):
+            comparison = bootstrap_compare(ours, base.per_image(), patients, **args)
+            logs.update({f"{prefix}/baseline_{name}/p_{k}": v for k, v in comparison.p_value.items()})
+        return logs
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict[str, torch.Tensor]]:
         preds = self(batch[self.input_key])
