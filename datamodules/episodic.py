@@ -452,10 +452,14 @@ class EpisodeVolumeDataset(Dataset):
 
 class SliceDataset(Dataset):
     """The 2D slices of the scans (``image`` (1, H, W), ``mask`` (1, H, W) float 0/1, ``name``), for slice-wise
-    baselines; ``foreground_only`` keeps the slices with foreground."""
+    baselines; ``foreground_only`` keeps the slices with foreground. ``context`` T > 1: ``image`` (T, H, W) holds the
+    slice and the T - 1 below it, the slice last (the first slice repeated at the scan's start), for sequence models
+    (the C-LSTM U-Net); ``mask`` stays the slice's."""
 
-    def __init__(self, volumes: Sequence[EpisodeVolume], foreground_only: bool = False) -> None:
-        self.volumes = list(volumes)
+    def __init__(self, volumes: Sequence[EpisodeVolume], foreground_only: bool = False, context: int = 1) -> None:
+        if context < 1:
+            raise ValueError(f"context must be >= 1, got {context}")
+        self.volumes, self.context = list(volumes), int(context)
         self.index = [(v, int(z)) for v, volume in enumerate(self.volumes)
                       for z in (volume.foreground_slices if foreground_only else range(len(volume.image)))]
 
@@ -465,7 +469,8 @@ class SliceDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         v, z = self.index[index]
         volume = self.volumes[v]
-        return {keys.IMAGE: torch.from_numpy(volume.image[z].astype(np.float32))[None],
+        window = np.clip(np.arange(z - self.context + 1, z + 1), 0, None)
+        return {keys.IMAGE: torch.from_numpy(volume.image[window].astype(np.float32)),
                 keys.MASK: torch.from_numpy(volume.mask[z].astype(np.float32))[None],
                 keys.NAME: f"{volume.name}_{z:03d}"}
 
@@ -491,6 +496,7 @@ class EpisodicVolumeDataModule(BaseDataModule):
             superpixel pseudo-labels, ``SuperpixelEpisodeDataset``: the training scans' labels are not read).
         superpixel_min_size, superpixel_sigma: Felzenszwalb's settings at 256 px (SSL-ALPNet: 400, 1).
         superpixel_neighbour: ``superpixel``: the query lies up to this many slices away (0: the same slice).
+        slice_context: ``slices`` mode: slices per sample (the slice and those below it, ``SliceDataset``).
     """
 
     standin_config: Optional[str] = None
@@ -503,13 +509,14 @@ class EpisodicVolumeDataModule(BaseDataModule):
                  mrf_erosion: int = 4, mrf_dilation: int = 3, batch_size: int = 1, num_workers: int = 0,
                  pin_memory: Optional[bool] = None, geometric: bool = False,
                  train_supervision: Literal["labels", "superpixel"] = "labels", superpixel_min_size: int = 400,
-                 superpixel_sigma: float = 1.0, superpixel_neighbour: int = 0) -> None:
+                 superpixel_sigma: float = 1.0, superpixel_neighbour: int = 0, slice_context: int = 1) -> None:
         if mode not in ("episodes", "slices"):
             raise ValueError(f"mode must be 'episodes' or 'slices', got {mode!r}")
         if train_supervision not in ("labels", "superpixel"):
             raise ValueError(f"train_supervision must be 'labels' or 'superpixel', got {train_supervision!r}")
         self.train_supervision, self.superpixel_min_size = train_supervision, superpixel_min_size
         self.superpixel_sigma, self.superpixel_neighbour = superpixel_sigma, superpixel_neighbour
+        self.slice_context = slice_context
         super().__init__(batch_size, num_workers, pin_memory, eval_batch_size=1 if mode == "episodes" else batch_size)
         self.image_size, self.hu_window, self.mode = int(image_size), tuple(float(h) for h in hu_window), mode
         self.episodes_per_epoch, self.neighbour, self.n_unrelated = episodes_per_epoch, neighbour, n_unrelated
@@ -595,7 +602,7 @@ class EpisodicVolumeDataModule(BaseDataModule):
         for split in splits.get(stage, ("train", "val", "test")):
             volumes = self.load_split(split)
             if self.mode == "slices":
-                dataset = SliceDataset(volumes)
+                dataset = SliceDataset(volumes, context=self.slice_context)
             elif split == "train" and self.train_supervision == "superpixel":
                 for volume in volumes:
                     if volume.superpixels is None:

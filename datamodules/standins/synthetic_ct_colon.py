@@ -145,11 +145,13 @@ class SyntheticCTColonDataModule(EpisodicVolumeDataModule):
                  mrf_erosion: int = 1, mrf_dilation: int = 1, batch_size: int = 1, num_workers: int = 0,
                  pin_memory: Optional[bool] = None, geometric: bool = False,
                  train_supervision: Literal["labels", "superpixel"] = "labels", superpixel_min_size: int = 400,
-                 superpixel_sigma: float = 1.0, superpixel_neighbour: int = 0) -> None:
+                 superpixel_sigma: float = 1.0, superpixel_neighbour: int = 0,
+                 slice_context: int = 1) -> None:
         super().__init__(int(image_size or shape[-1]), hu_window, mode, episodes_per_epoch, neighbour, n_unrelated,
                          support_mode, gamma_range, unrelated_source, superpixel_rank, mrf_erosion, mrf_dilation,
                          batch_size, num_workers, pin_memory, geometric,
-                         train_supervision, superpixel_min_size, superpixel_sigma, superpixel_neighbour)
+                         train_supervision, superpixel_min_size, superpixel_sigma, superpixel_neighbour,
+                         slice_context)
         self.counts = {"train": num_train, "val": num_val, "test": num_test}
         self.shape, self.distractors, self.seed = tuple(int(s) for s in shape), distractors, seed
         self.stool_probability = stool_probability
