@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""SwinCalc speed: RetinaNet on a Swin (or ResNet) backbone, training step (focal + L1 losses, AdamW; images/s),
+"""SwinCalc speed: RetinaNet (or ``--head deformable_detr``) on a Swin (or ResNet) backbone, training step (the
+head's losses, AdamW; images/s),
 inference throughput (images/s with box decoding and NMS) and latency (ms for one image), peak memory (CPU: max RSS;
 CUDA: max allocated).
 
@@ -7,6 +8,7 @@ CUDA: max allocated).
     python benchmarks/swincalc_speed.py --backbone swin_t --height 640 --width 400 --batch-size 1 --steps 2
     python benchmarks/swincalc_speed.py --tiny --height 256 --width 160          # the demo's network and size
     python benchmarks/swincalc_speed.py --device cuda --precision bf16-mixed
+    python benchmarks/swincalc_speed.py --head deformable_detr --backbone swin_t --height 320 --width 200 --batch-size 1
 
 Random images with one random box each; data loading is not timed. Prints a markdown table.
 """
@@ -21,13 +23,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.timing import autocast, median_time, peak_memory_mb  # noqa: E402
-from lightning_modules.swincalc import RetinaNetCalcDetector  # noqa: E402
+from lightning_modules.swincalc import RetinaNetCalcDetector, SwinCalcDetector  # noqa: E402
 from lightning_modules.utils import count_parameters  # noqa: E402
 
 TINY = dict(embed_dim=32, depths=[1, 1, 2, 1], num_heads=[1, 2, 4, 8], stochastic_depth_prob=0.0)
 
 
-def build(args) -> RetinaNetCalcDetector:
+def build(args) -> torch.nn.Module:
+    if args.head != "retinanet":
+        if args.tiny:
+            raise SystemExit("--tiny is the RetinaNet demo's network")
+        return SwinCalcDetector(args.head, args.backbone)
     if args.tiny:
         return RetinaNetCalcDetector("swin_t", backbone_args=TINY, fpn_channels=64, out_indices=[0, 1, 2],
                                      extra_levels="none", anchor_sizes=[[12, 16, 20], [24, 32, 40], [48, 64, 80]],
@@ -38,6 +44,7 @@ def build(args) -> RetinaNetCalcDetector:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="swin_b")
+    parser.add_argument("--head", default="retinanet", help="a key of swincalc.DETECTION_HEADS")
     parser.add_argument("--tiny", action="store_true", help="the demo's tiny Swin, FPN 64 on strides 4-16")
     parser.add_argument("--height", type=int, default=1280)
     parser.add_argument("--width", type=int, default=800)
@@ -77,7 +84,8 @@ def main() -> None:
     name = "tiny Swin (demo)" if args.tiny else args.backbone
     print(f"| model | params | input | batch | device | precision | train img/s | infer img/s | latency ms | peak MB |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    print(f"| RetinaNet / {name} | {count_parameters(detector) / 1e6:.2f}M | {args.height}x{args.width} | "
+    head = {"retinanet": "RetinaNet", "deformable_detr": "Deformable DETR"}.get(args.head, args.head)
+    print(f"| {head} / {name} | {count_parameters(detector) / 1e6:.2f}M | {args.height}x{args.width} | "
           f"{args.batch_size} | {args.device} | {args.precision} | {args.batch_size / train_s:.2f} | "
           f"{args.batch_size / infer_s:.2f} | {1e3 * latency_s:.0f} | {peak_memory_mb(device):.0f} |")
 
