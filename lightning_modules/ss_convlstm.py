@@ -185,12 +185,7 @@ class SSConvLSTM(nn.Module):
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Encoder features [L1, L2, L3, L4, bottleneck] of (N, c, H, W) inputs."""
-        e = self.encoder
-        stem = e.act(e.bn1(e.conv1(x)))
-        f1 = e.layer1(e.maxpool(stem))
-        f2 = e.layer2(f1)
-        f3 = e.layer3(f2)
-        return [stem, f1, f2, f3, e.layer4(f3)]
+        return resnet_features(self.encoder, x)
 
     def forward(self, cube: torch.Tensor) -> torch.Tensor:
         if self.input_bands is not None:
@@ -211,6 +206,16 @@ class SSConvLSTM(nn.Module):
         for block, skip in zip(self.decoder, [feats[3], feats[2], feats[1], feats[0], None]):
             x = block(x, skip)
         return self.head(x)
+
+
+def resnet_features(encoder: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The five feature maps of a ResNet trunk (``backbones._resnet_trunk``) as smp encoders give them:
+    [stem (H/2), layer1 (H/4), layer2 (H/8), layer3 (H/16), layer4 (H/32)]."""
+    stem = encoder.act(encoder.bn1(encoder.conv1(x)))
+    f1 = encoder.layer1(encoder.maxpool(stem))
+    f2 = encoder.layer2(f1)
+    f3 = encoder.layer3(f2)
+    return [stem, f1, f2, f3, encoder.layer4(f3)]
 
 
 def convlstm_parameters(channels: int, kernel_size: int = 3) -> int:

@@ -2,7 +2,8 @@
 
 ``ASPP`` follows ``torchvision.models.segmentation.deeplabv3.ASPP`` layer for layer (same module
 names, so a torchvision state dict loads unchanged): a 1x1 branch, one 3x3 atrous branch per rate,
-an image-pooling branch, concatenation, 1x1 projection and dropout 0.5.
+an image-pooling branch, concatenation, 1x1 projection and dropout 0.5. ``separable=True`` makes the
+atrous branches depthwise-separable (DeepLabV3+, segmentation_models_pytorch's layout and names).
 
 ``CrossASPP`` (SACA-UNet, Fig. 3): two 1x1 heads and a middle head of atrous 3x3 convolutions whose
 neighbouring scales are fused residually (``m_k = CBR_{d_k}(x) + m_{k-1}``) instead of concatenated;
@@ -17,14 +18,23 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1) -> nn.Sequential:
-    """Conv (no bias) -> BatchNorm -> ReLU; 3x3 convs pad by their dilation (same size)."""
+def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1,
+                 separable: bool = False) -> nn.Sequential:
+    """Conv (no bias) -> BatchNorm -> ReLU; 3x3 convs pad by their dilation (same size).
+    ``separable``: the conv is depthwise then pointwise (``separable_conv``)."""
     padding = dilation * (kernel_size // 2)
+    conv = (separable_conv(in_channels, out_channels, kernel_size, padding, dilation) if separable else
+            nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=False))
+    return nn.Sequential(conv, nn.BatchNorm2d(out_channels), nn.ReLU())
+
+
+def separable_conv(in_channels: int, out_channels: int, kernel_size: int = 3, padding: int = 1,
+                   dilation: int = 1) -> nn.Sequential:
+    """Depthwise k x k conv then pointwise 1x1 conv, both without bias (smp's ``SeparableConv2d``)."""
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(),
-    )
+        nn.Conv2d(in_channels, in_channels, kernel_size, padding=padding, dilation=dilation, groups=in_channels,
+                  bias=False),
+        nn.Conv2d(in_channels, out_channels, 1, bias=False))
 
 
 class ASPPPooling(nn.Sequential):
@@ -45,10 +55,10 @@ class ASPP(nn.Module):
     """DeepLabV3 ASPP (torchvision's): 1x1, atrous 3x3 per rate, image pooling; concat; 1x1; dropout."""
 
     def __init__(self, in_channels: int, atrous_rates: Sequence[int], out_channels: int = 256,
-                 dropout: float = 0.5) -> None:
+                 dropout: float = 0.5, separable: bool = False) -> None:
         super().__init__()
         branches = [conv_bn_relu(in_channels, out_channels, 1)]
-        branches += [conv_bn_relu(in_channels, out_channels, 3, int(rate)) for rate in atrous_rates]
+        branches += [conv_bn_relu(in_channels, out_channels, 3, int(rate), separable) for rate in atrous_rates]
         branches.append(ASPPPooling(in_channels, out_channels))
         self.convs = nn.ModuleList(branches)
         self.project = nn.Sequential(

@@ -1,0 +1,74 @@
+"""SpecSlice-ConvLSTM's Table 4 baselines: FPN and DeepLabV3+ (smp layout, ResNet-34, 60 bands), nnU-Net 2D."""
+from __future__ import annotations
+
+import torch
+
+from lightning_modules.blocks.aspp import ASPP
+from lightning_modules.ss_convlstm import count_macs
+from lightning_modules.ss_convlstm_baselines import DeepLabV3PlusSeg, FPNSeg, NNUNet2D
+
+
+def n_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def meta(cls, **kwargs):
+    with torch.device("meta"):
+        return cls(**kwargs)
+
+
+def test_parameter_counts_match_the_paper_table_4():
+    # smp FPN / DeepLabV3Plus("resnet34", in_channels=60, classes=1); paper: 23.33 M / 22.62 M. The decoder counts
+    # follow from smp's layers: FPN 246,784 (laterals) + 1,623,808 (GN conv blocks); DeepLabV3+ 1,152,528.
+    encoder = n_params(meta(FPNSeg).encoder)
+    assert encoder == 21_284_672 + 57 * 64 * 49  # ResNet-34 trunk, first conv with 60 instead of 3 inputs
+    assert n_params(meta(FPNSeg)) == encoder + 246_784 + 1_623_808 + 129 == 23_334_145
+    assert n_params(meta(DeepLabV3PlusSeg)) == encoder + 1_152_528 + 257 == 22_616_209
+    assert round(n_params(meta(FPNSeg)) / 1e6, 2) == 23.33 and round(n_params(meta(DeepLabV3PlusSeg)) / 1e6, 2) == 22.62
+
+
+def test_macs_near_the_paper():
+    # paper 12.26 / 13.55 GMACs at 1 x 60 x 256 x 320; the flop counter skips norms, activations, interpolation
+    shape = (1, 60, 256, 320)
+    for cls, paper in ((FPNSeg, 12.26), (DeepLabV3PlusSeg, 13.55)):
+        ours = count_macs(meta(cls), shape) / 1e9
+        assert abs(ours - paper) / paper < 0.006, (cls.__name__, ours, paper)  # ours 12.23 / 13.52
+
+
+def test_deeplab_encoder_runs_at_output_stride_16_and_shapes():
+    torch.manual_seed(0)
+    net = DeepLabV3PlusSeg(in_channels=12, width=0.25, decoder_channels=32).eval()
+    x = torch.randn(2, 12, 64, 96)
+    from lightning_modules.ss_convlstm import resnet_features
+    feats = resnet_features(net.encoder, x)
+    assert feats[-1].shape[-2:] == feats[-2].shape[-2:] == (4, 6)  # layer4 dilated, not strided
+    assert net(x).shape == (2, 1, 64, 96)
+    fpn = FPNSeg(in_channels=12, width=0.25, pyramid_channels=32, segmentation_channels=32).eval()
+    assert fpn(x).shape == (2, 1, 64, 96)
+    # gradients reach the first conv of both
+    for model in (net.train(), fpn.train()):
+        model(x).mean().backward()
+        assert model.encoder.conv1.weight.grad.abs().sum() > 0
+
+
+def test_separable_aspp_has_smp_layout():
+    aspp = ASPP(512, (12, 24, 36), 256, separable=True)
+    # smp's ASPP keys: convs.1.0.0 (depthwise), convs.1.0.1 (pointwise), convs.1.1 (BN)
+    keys = aspp.state_dict().keys()
+    assert {"convs.1.0.0.weight", "convs.1.0.1.weight", "convs.1.1.running_mean"} <= set(keys)
+    assert aspp.convs[1][0][0].groups == 512 and aspp.convs[3][0][0].dilation == (36, 36)
+    assert n_params(aspp) == 999_936
+    assert n_params(ASPP(512, (12, 24, 36), 256)) > n_params(aspp)  # default stays the dense torchvision ASPP
+
+
+def test_nnunet2d_plan_and_deep_supervision():
+    assert NNUNet2D.plan((256, 320)) == [1, 2, 2, 2, 2, 2, 2]  # 256 x 320 -> 4 x 5 after six halvings
+    assert NNUNet2D.plan((64, 96)) == [1, 2, 2, 2, 2]
+    net = NNUNet2D(in_channels=6, image_size=(64, 96), base_features=8, max_features=32)
+    x = torch.randn(2, 6, 64, 96)
+    outputs = net.train()(x)
+    assert isinstance(outputs, list) and len(outputs) == 4  # main + 3 (stages - 2) decoder heads
+    assert all(o.shape == (2, 1, 64, 96) for o in outputs)
+    assert net.eval()(x).shape == (2, 1, 64, 96)
+    plain = NNUNet2D(in_channels=6, image_size=(64, 96), base_features=8, max_features=32, deep_supervision=False)
+    assert plain.train()(x).shape == (2, 1, 64, 96)
