@@ -321,6 +321,8 @@ class UnFeMa(nn.Module):
         stride: image pixels per coarse cell (8).
         angles: the rotation search at inference (degrees). ransac_threshold: residual threshold in pixels.
         pretrained: a local LoFTR checkpoint to start from (MegaDepth "outdoor"); None = random initialisation.
+        perceptual_search: a :class:`PerceptualSearch` that replaces the NCC rotation search at inference (the
+            initial alignment of the paper's Fig. 2; its A_theta comes from this matcher); None = the rotation search.
     """
 
     def __init__(self, initial_dim: int = 128, block_dims: Sequence[int] = (128, 196, 256), nhead: int = 8,
@@ -330,9 +332,11 @@ class UnFeMa(nn.Module):
                  train_coarse_percent: float = 0.5, max_matches: int = 5555, min_matches: int = 3,
                  stride: int = 8, inference: Literal["ransac", "dlt"] = "ransac",
                  angles: Sequence[float] = (0.0, 90.0, 180.0, 270.0), ransac_threshold: float = 8.0,
-                 ransac_trials: int = 1000, pretrained: Optional[str] = None):
+                 ransac_trials: int = 1000, pretrained: Optional[str] = None,
+                 perceptual_search: Optional[PerceptualSearch] = None):
         super().__init__()
         self.matcher = CoarseLoFTR(initial_dim, block_dims, nhead, n_layers, attention, temp_bug_fix)
+        self.perceptual_search = perceptual_search
         if pretrained:
             self.matcher.load_loftr_checkpoint(pretrained)
         self.temperature, self.threshold, self.border = temperature, threshold, border
@@ -399,8 +403,16 @@ class UnFeMa(nn.Module):
 
     @torch.no_grad()
     def search(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
-        """Inference: rotation search over ``angles`` with a RANSAC affine per angle; the best global NCC wins."""
-        return rotation_search(moving, fixed, self.angles, self.estimate)
+        """Inference: rotation search over ``angles`` with a RANSAC affine per angle; the best global NCC wins.
+        With ``perceptual_search``: Perceptual Search (its A_theta from this matcher) pre-aligns the source, then one
+        affine is fitted on the pre-aligned pair and composed with it."""
+        if self.perceptual_search is None:
+            return rotation_search(moving, fixed, self.angles, self.estimate)
+        shape = tuple(fixed.shape[2:])
+        initial = self.perceptual_search.search(moving, fixed, self.estimate)[0]
+        theta = pixel_matrix_to_theta(initial, shape, moving.shape[2:])
+        prealigned = warp(moving, affine_to_displacement(theta, shape))
+        return pixel_matrix_to_theta(initial @ self.estimate(prealigned, fixed), shape, moving.shape[2:])
 
     def estimate(self, rotated: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         """Pixel affines (B, 3, 3) target -> rotated source, by the weighted DLT or RANSAC on the matches."""
@@ -421,6 +433,187 @@ class UnFeMa(nn.Module):
         if self.training:
             return self.dlt(self.match(moving, fixed), fixed.shape[2:], moving.shape[2:])
         return self.search(moving, fixed)
+
+
+# -- Perceptual Search (paper Sec. 3.2) ---------------------------------------------------------------------------
+
+#: torchvision ``vgg19().features`` up to relu5_1 (configuration "E"); integers = conv widths, "M" = max-pool
+VGG19_TO_RELU5_1 = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512)
+#: indices in ``features`` of relu1_1, relu2_1, relu3_1, relu4_1, relu5_1: the UnFeMa code's five slices (the
+#: layers of FOMM / MRAA's pyramid perceptual loss, [21] of the paper)
+VGG19_RELU_X_1 = (1, 6, 11, 20, 29)
+
+
+class VGG19Features(nn.Module):
+    """VGG-19 ``features`` up to relu5_1, returning relu1_1 ... relu5_1 (frozen).
+
+    Layer indices are torchvision's (``features.<i>.weight``), so torchvision's ImageNet ``vgg19`` state dict loads
+    from a local file (``weights``; later layers and the classifier are skipped). Grey inputs are repeated to RGB and
+    normalised with the ImageNet mean and std, as the UnFeMa code does. **Without** ``weights`` the convolutions
+    keep torchvision's random initialisation (Kaiming normal, fan_out): the perceptual distance is then one of
+    random features, not the paper's ImageNet-trained ones (no download is possible here).
+    """
+
+    def __init__(self, weights: Optional[str] = None):
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 3
+        for v in VGG19_TO_RELU5_1:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                conv = nn.Conv2d(channels, v, 3, padding=1)
+                nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(conv.bias)
+                layers += [conv, nn.ReLU(inplace=False)]
+                channels = v
+        self.features = nn.Sequential(*layers)
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
+        if weights:
+            self.load_torchvision(weights)
+        self.requires_grad_(False)
+
+    def load_torchvision(self, path: str | Path) -> None:
+        state = torch.load(Path(path), map_location="cpu", weights_only=False)
+        state = state.get("state_dict", state)
+        own = self.state_dict()
+        loaded = {k: v for k, v in state.items() if k in own}
+        missing = sorted(set(own) - set(loaded))
+        if missing:
+            raise KeyError(f"{path}: not a torchvision vgg19 state dict (lacks {missing[:3]})")
+        self.load_state_dict(loaded)
+
+    def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
+        x = image.expand(-1, 3, -1, -1) if image.shape[1] == 1 else image
+        x = (x - self.mean) / self.std
+        out = []
+        for index, layer in enumerate(self.features):
+            x = layer(x)
+            if index in VGG19_RELU_X_1:
+                out.append(x)
+        return out
+
+
+def anti_alias_downsample(image: torch.Tensor, scale: float) -> torch.Tensor:
+    """The UnFeMa / FOMM pyramid step: Gaussian blur (sigma = (1/scale - 1)/2, kernel 2 round(4 sigma) + 1, zero
+    padding) then nearest resampling by ``scale``."""
+    if scale == 1.0:
+        return image
+    from kornia.filters import gaussian_blur2d
+
+    sigma = (1.0 / scale - 1.0) / 2.0
+    size = 2 * round(sigma * 4) + 1
+    blurred = gaussian_blur2d(image, (size, size), (sigma, sigma), border_type="constant")
+    return F.interpolate(blurred, scale_factor=(scale, scale))
+
+
+def channel_ncc(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Global NCC of every channel (B, C, H, W) x 2 -> (B, C)."""
+    a, b = a.flatten(2), b.flatten(2)
+    a, b = a - a.mean(-1, keepdim=True), b - b.mean(-1, keepdim=True)
+    return (a * b).sum(-1) / torch.sqrt((a * a).sum(-1) * (b * b).sum(-1) + eps)
+
+
+def perceptual_alignment_loss(source: torch.Tensor, target: torch.Tensor, vgg: VGG19Features,
+                              scales: Sequence[float] = (1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125),
+                              border: float = 0.1) -> torch.Tensor:
+    """Paper Eq. 2, L_al = -sum over layers i, resolutions j and channels c of NCC(V_i^c(I_S,j), V_i^c(I_T,j)), per
+    pair (B,). As the UnFeMa code: a ``border`` fraction of each side is zeroed in both images first, the pyramid is
+    :func:`anti_alias_downsample`, and the channels of a layer are averaged (the code's ``ncc_global`` over the
+    channel axis) while layers and scales are summed."""
+    h, w = source.shape[2:]
+    keep = torch.zeros(1, 1, h, w, device=source.device, dtype=source.dtype)
+    bh, bw = int(border * h), int(border * w)
+    keep[..., bh:h - bh, bw:w - bw] = 1.0
+    source, target = source * keep, target * keep
+    total = source.new_zeros(source.shape[0])
+    for scale in scales:
+        feats = vgg(torch.cat([anti_alias_downsample(source, scale), anti_alias_downsample(target, scale)]))
+        for feat in feats:
+            fs, ft = feat.split(source.shape[0])
+            total = total - channel_ncc(fs, ft).mean(1)
+    return total
+
+
+class PerceptualSearch(nn.Module):
+    """Perceptual Search (paper Sec. 3.2, Eq. 2-4): the initial rotation of a pair.
+
+    For every phi of ``angles`` the source is rotated about the image centre (R_phi); its alignment loss L_al
+    (:func:`perceptual_alignment_loss`) with the target is computed as it is and, when an affine ``estimate`` is
+    available (the paper: LoFTR pre-trained on MegaDepth; here any ``estimate(rotated, fixed) -> (B, 3, 3)`` pixel
+    matrix target -> rotated source, e.g. :meth:`UnFeMa.estimate` or ``matcher``), after that affine A_theta;
+    L_s = min of the two (Eq. 3) and phi_hat = argmin over phi (Eq. 4).
+
+    ``forward(moving, fixed) -> theta`` (B, 2, 3): the winning transform (R_phi, or R_phi o A_theta when that was the
+    minimum), so it also serves as a standalone initial alignment in the registration task; :meth:`best_angles`
+    gives phi_hat for pre-rotating training pairs (the paper's use).
+
+    Args:
+        angles: Phi (degrees; the paper's 0, 90, 180, 270). scales: the pyramid relative to the input (the paper: 6
+            resolutions 1024 ... 32 of a 1024 input = 1 ... 1/32; keep the smallest >= 32 px). border: the fraction
+            zeroed at each side (the code's 0.1). vgg_weights: a local torchvision ``vgg19`` state dict (None: random
+            VGG features, see :class:`VGG19Features`). matcher: a module with ``estimate(rotated, fixed)`` (e.g. a
+            pre-trained :class:`UnFeMa`) for A_theta; None and no ``estimate`` passed: rotations only.
+    """
+
+    def __init__(self, angles: Sequence[float] = (0.0, 90.0, 180.0, 270.0),
+                 scales: Sequence[float] = (1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125), border: float = 0.1,
+                 vgg_weights: Optional[str] = None, matcher: Optional[nn.Module] = None):
+        super().__init__()
+        self.angles = tuple(float(a) for a in angles)
+        self.scales, self.border = tuple(float(s) for s in scales), float(border)
+        # frozen and rebuilt from vgg_weights (or the seed): kept out of the state dict, so a trained UnFeMa
+        # checkpoint loads into a config that adds Perceptual Search, and checkpoints stay small
+        self._vgg = [VGG19Features(vgg_weights)]
+        self.matcher = matcher
+
+    @property
+    def vgg(self) -> VGG19Features:
+        return self._vgg[0]
+
+    def alignment_loss(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        vgg = self._vgg[0] = self._vgg[0].to(source.device)
+        return perceptual_alignment_loss(source, target, vgg, self.scales, self.border)
+
+    @torch.no_grad()
+    def search(self, moving: torch.Tensor, fixed: torch.Tensor,
+               estimate: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None):
+        """(pixel matrix (B, 3, 3) target -> source of the winner, phi_hat (B,) in degrees, L_s of the winner (B,))."""
+        restore = None
+        if estimate is None and self.matcher is not None:
+            restore = self.matcher.training
+            self.matcher.eval()
+            estimate = self.matcher.estimate
+        shape = tuple(fixed.shape[2:])
+        n = fixed.shape[0]
+        best = torch.eye(3, device=fixed.device).repeat(n, 1, 1)
+        best_loss = torch.full((n,), float("inf"), device=fixed.device)
+        best_angle = torch.zeros(n, device=fixed.device)
+        for angle in self.angles:
+            rotation = rotation_matrix(angle, moving.shape[2:], moving.device).expand(n, 3, 3)
+            candidates = [rotation]
+            if estimate is not None:
+                theta_r = pixel_matrix_to_theta(rotation, moving.shape[2:])
+                rotated = warp(moving, affine_to_displacement(theta_r, moving.shape[2:]))
+                candidates.append(rotation @ estimate(rotated, fixed).to(rotation.dtype))
+            for candidate in candidates:
+                theta = pixel_matrix_to_theta(candidate, shape, moving.shape[2:])
+                loss = self.alignment_loss(warp(moving, affine_to_displacement(theta, shape)), fixed)
+                better = loss < best_loss
+                best = torch.where(better.view(-1, 1, 1), candidate, best)
+                best_angle = torch.where(better, torch.full_like(best_angle, angle), best_angle)
+                best_loss = torch.where(better, loss, best_loss)
+        if restore:
+            self.matcher.train()
+        return best, best_angle, best_loss
+
+    def best_angles(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        """phi_hat (B,) in degrees (Eq. 4)."""
+        return self.search(moving, fixed)[1]
+
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        return pixel_matrix_to_theta(self.search(moving, fixed)[0], fixed.shape[2:], moving.shape[2:])
 
 
 # -- self-supervised matching pre-training (stands in for the MegaDepth LoFTR weights) ---------------------------

@@ -115,3 +115,11 @@ def global_ncc(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Ten
     a, b = a.flatten(1).float(), b.flatten(1).float()
     a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
     return (a * b).sum(1) / torch.sqrt((a * a).sum(1) * (b * b).sum(1) + eps)
+
+
+class GlobalNCCLoss(torch.nn.Module):
+    """-mean over the batch of the whole-image NCC (:func:`global_ncc`): DeepHistReg's and LARHI's affine loss
+    (their code's ``ncc_loss_global``)."""
+
+    def forward(self, warped: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        return -global_ncc(warped, fixed).mean()
