@@ -289,17 +289,26 @@ class ResNetStages(nn.Module):
 
 
 def build_backbone(name: str, out_indices: Sequence[int] = (1, 2, 3), in_channels: int = 3, **kwargs) -> nn.Module:
-    """``swin_t``/``swin_s``/``swin_b`` (kwargs override the Swin hyperparameters) or ``resnet10/18/34/50/101``
-    (kwargs: ``widen_factor``)."""
+    """``swin_t``/``swin_s``/``swin_b`` (kwargs override the Swin hyperparameters), ``resnet10/18/34/50/101``
+    (kwargs: ``widen_factor``), ``convnext_tiny``/``convnext_small`` (kwargs override ConvNeXt's) or
+    ``efficientnet_b0``..``b7`` (lightning_modules/swincalc_cnn_backbones.py)."""
+    from lightning_modules.swincalc_cnn_backbones import CONVNEXT_CONFIGS, EFFICIENTNET_NAMES, EfficientNetStages, convnext
+
     if name in SWIN_CONFIGS:
         return swin(name, num_classes=0, out_indices=out_indices, in_channels=in_channels, **kwargs)
+    if name in CONVNEXT_CONFIGS:
+        return convnext(name, num_classes=0, out_indices=out_indices, in_channels=in_channels, **kwargs)
+    if name in EFFICIENTNET_NAMES:
+        if kwargs:
+            raise ValueError(f"{name} takes no backbone_args, got {sorted(kwargs)}")
+        return EfficientNetStages(name, in_channels, out_indices)
     if name.startswith("resnet") and name[6:].isdigit():
         unknown = set(kwargs) - {"widen_factor"}
         if unknown:
             raise ValueError(f"{name} takes only widen_factor in backbone_args, got {sorted(unknown)}")
         return ResNetStages(int(name[6:]), in_channels, out_indices, **kwargs)
-    raise ValueError(f"unknown backbone {name!r}: swin_t, swin_s, swin_b or resnet10/18/34/50/101 "
-                     "(EfficientNet and ConvNeXt rows are not built: docs/papers/swincalc.md)")
+    raise ValueError(f"unknown backbone {name!r}: swin_t, swin_s, swin_b, resnet10/18/34/50/101, "
+                     "convnext_tiny, convnext_small or efficientnet_b0..b7")
 
 
 def load_backbone(backbone: nn.Module, path: str) -> dict[str, list[str]]:
@@ -309,7 +318,7 @@ def load_backbone(backbone: nn.Module, path: str) -> dict[str, list[str]]:
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
-    state = {k: v for k, v in state.items() if not k.startswith(("head.", "fc.", "norm."))}
+    state = {k: v for k, v in state.items() if not k.startswith(("head.", "fc.", "norm.", "classifier."))}
     result = backbone.load_state_dict(state, strict=False)
     return {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys)}
 
