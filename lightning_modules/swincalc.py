@@ -292,7 +292,8 @@ def build_backbone(name: str, out_indices: Sequence[int] = (1, 2, 3), in_channel
     """``swin_t``/``swin_s``/``swin_b`` (kwargs override the Swin hyperparameters), ``resnet10/18/34/50/101``
     (kwargs: ``widen_factor``), ``convnext_tiny``/``convnext_small`` (kwargs override ConvNeXt's) or
     ``efficientnet_b0``..``b7`` (lightning_modules/swincalc_cnn_backbones.py)."""
-    from lightning_modules.swincalc_cnn_backbones import CONVNEXT_CONFIGS, EFFICIENTNET_NAMES, EfficientNetStages, convnext
+    from lightning_modules.swincalc_cnn_backbones import (CONVNEXT_CONFIGS, EFFICIENTNET_NAMES, EfficientNetStages,
+                                                          convnext)
 
     if name in SWIN_CONFIGS:
         return swin(name, num_classes=0, out_indices=out_indices, in_channels=in_channels, **kwargs)

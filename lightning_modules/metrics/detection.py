@@ -194,8 +194,8 @@ def _curve_metrics(fppi_curve: np.ndarray, tpr_curve: np.ndarray, fppi: Sequence
 
 def resample_counts(num_groups: int, n_resamples: int, seed: int = 0, chunk: int = 2 ** 22) -> np.ndarray:
     """(n_resamples, num_groups) int: how often each group (patient) is drawn in each resample of ``num_groups``
-    draws with replacement. The draws are ``np.random.default_rng(seed).integers(0, G, (R, G))`` (scipy.stats.bootstrap's
-    way), made in chunks of about ``chunk`` numbers for large sets."""
+    draws with replacement. The draws are ``np.random.default_rng(seed).integers(0, G, (R, G))``
+    (scipy.stats.bootstrap's way), made in chunks of about ``chunk`` numbers for large sets."""
     rng = np.random.default_rng(seed)
     rows = max(1, chunk // max(num_groups, 1))
     counts = np.empty((n_resamples, num_groups), dtype=np.int64)
