@@ -31,14 +31,14 @@ from datamodules.mdc import CUBE_DIR, MASK_DIR, SPLIT_FILE, HyperspectralDataset
 
 def synthetic_scene(rng: np.random.Generator, bands: int = 60, size: Sequence[int] = (64, 96),
                     depth: float = 0.05, slope: float = 0.03, noise: float = 0.03, dip_width: float = 0.06,
-                    lesion: Optional[bool] = None) -> tuple[np.ndarray, np.ndarray]:
-    """(H, W, C) float32 cube and (H, W) uint8 mask (0/255)."""
+                    lesion: Optional[bool] = None, lesion_size: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, C) float32 cube and (H, W) uint8 mask (0/255); ``lesion_size`` scales the ellipses' axes."""
     h, w = size
     lam = np.linspace(0.0, 1.0, bands)
     centres, widths = rng.uniform([0.15, 0.55], [0.45, 0.9]), rng.uniform(0.08, 0.2, 2)
     s_bg = 0.3 + sum(a * np.exp(-0.5 * ((lam - c) / s) ** 2)
                      for a, c, s in zip(rng.uniform(0.5, 1.0, 2), centres, widths))
-    dip_centre = rng.uniform(30, 42) / (bands - 1)
+    dip_centre = rng.uniform(30, 42) / 59  # bands 30-42 of 60, the same wavelengths for any band count
     dip = np.exp(-0.5 * ((lam - dip_centre) / dip_width) ** 2)
     s_lesion = s_bg * (1 - depth * dip) * (1 + slope * (lam - 0.5))
     texture = gaussian_filter(rng.standard_normal((h, w)), sigma=rng.uniform(2.0, 4.0))
@@ -46,7 +46,7 @@ def synthetic_scene(rng: np.random.Generator, bands: int = 60, size: Sequence[in
     mask = np.zeros((h, w), np.uint8)
     for _ in range(rng.integers(1, 4) if lesion is not False else 0):
         centre = (int(rng.integers(w // 6, w - w // 6)), int(rng.integers(h // 6, h - h // 6)))
-        axes = (int(rng.integers(w // 12, w // 5)), int(rng.integers(h // 12, h // 5)))
+        axes = tuple(int(lesion_size * rng.integers(side // 12, side // 5)) for side in (w, h))
         cv2.ellipse(mask, centre, axes, float(rng.uniform(0, 180)), 0, 360, 255, -1)
     m = (mask > 0)[..., None]
     cube = texture[..., None] * np.where(m, s_lesion, s_bg)
@@ -85,11 +85,12 @@ class SyntheticHyperspectralDataModule(BaseDataModule):
 
     def __init__(self, num_images: Sequence[int] = (48, 12, 12), bands: int = 60,
                  image_size: Sequence[int] = (64, 96), depth: float = 0.05, slope: float = 0.03,
-                 noise: float = 0.03, dip_width: float = 0.06, augment: bool = True, augment_p: float = 0.2, seed: int = 0, **kwargs):
+                 noise: float = 0.03, dip_width: float = 0.06, lesion_size: float = 1.0, augment: bool = True,
+                 augment_p: float = 0.2, seed: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.num_images, self.seed = tuple(num_images), seed
         self.scene_kwargs = dict(bands=bands, size=tuple(image_size), depth=depth, slope=slope, noise=noise,
-                                 dip_width=dip_width)
+                                 dip_width=dip_width, lesion_size=lesion_size)
         self.augment, self.augment_p = augment, augment_p
 
     def setup(self, stage: Optional[str] = None) -> None:
