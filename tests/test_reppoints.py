@@ -267,5 +267,16 @@ def test_standin_training_loss_falls(tmp_path):
         losses = [float(row["train/loss"]) for row in csv.DictReader(file) if row.get("train/loss")]
     assert len(losses) == 16
     assert sum(losses[-4:]) / 4 < 0.6 * sum(losses[:4]) / 4  # 0.41 when written
-    metrics = json.loads((Path(cli.run_dir) / "results.json").read_text())["metrics"]
+    run_dir = Path(cli.run_dir)
+    metrics = json.loads((run_dir / "results.json").read_text())["metrics"]
     assert "test/aufc@1" in metrics and "test/baseline_bright_spot/tpr@1" in metrics
+    # the best checkpoint rebuilds the RepPoints network from the saved config and predicts the same
+    from lightning_modules.tasks.detection import DetectionTask
+
+    restored = DetectionTask.load_from_checkpoint(str(run_dir / "checkpoints" / "best.ckpt"), map_location="cpu")
+    cli.model.load_state_dict(restored.state_dict())
+    images = next(iter(cli.datamodule.test_dataloader()))["image"]
+    with torch.no_grad():
+        ours, theirs = cli.model.eval()(images), restored.eval()(images)
+    torch.testing.assert_close(ours[0]["boxes"], theirs[0]["boxes"])
+    torch.testing.assert_close(ours[0]["scores"], theirs[0]["scores"])
