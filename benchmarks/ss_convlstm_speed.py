@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """SpecSlice-ConvLSTM speed: training step (forward + 0.5 BCE + 0.5 Dice backward + Adam) and inference
 throughput (images/s, fixed batch, no I/O), peak memory, parameters and MACs (``count_macs``: torch's flop counter
-on the meta device, at the benchmarked size) for the U-Net (60 bands), U-Net + SS, SS-SISOM and SS-DIDOM.
+on the meta device, at the benchmarked size) for the U-Net (60 bands), U-Net + SS, SS-SISOM and SS-DIDOM, and the
+Table 4 baselines FPN and DeepLabV3+ (60 bands).
 
     python benchmarks/ss_convlstm_speed.py                                  # CPU, small sizes
     python benchmarks/ss_convlstm_speed.py --device cuda --size 256 320 --batch 4 --backbone resnet34 --width 1
@@ -21,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.timing import autocast, peak_memory_mb, step_times  # noqa: E402
 from lightning_modules.losses.segmentation import SegmentationLoss  # noqa: E402
 from lightning_modules.ss_convlstm import SSConvLSTM, count_macs  # noqa: E402
+from lightning_modules.ss_convlstm_baselines import DeepLabV3PlusSeg, FPNSeg  # noqa: E402
 
 MODELS = {
     "U-Net (60 bands)": dict(slicing=False, lstm_positions=()),
@@ -28,6 +30,7 @@ MODELS = {
     "SS-SISOM": dict(merge="sisom"),
     "SS-DIDOM": dict(merge="didom"),
 }
+BASELINES = {"FPN (60 bands)": FPNSeg, "DeepLabV3+ (60 bands)": DeepLabV3PlusSeg}
 
 
 def main() -> None:
@@ -48,8 +51,12 @@ def main() -> None:
     print("| model | params | GMACs / image | train img/s | infer img/s | peak MB |")
     print("|---|---|---|---|---|---|")
     loss_fn = SegmentationLoss(0.5, 0.5, num_classes=1)
-    for name, kwargs in MODELS.items():
-        net = SSConvLSTM(backbone=args.backbone, width=args.width, decoder_channels=decoder, **kwargs).to(device)
+    networks = {name: lambda kw=kwargs: SSConvLSTM(backbone=args.backbone, width=args.width, decoder_channels=decoder,
+                                                   **kw) for name, kwargs in MODELS.items()}
+    networks.update({name: lambda cls=cls: cls(backbone=args.backbone, width=args.width)
+                     for name, cls in BASELINES.items()})
+    for name, build in networks.items():
+        net = build().to(device)
         macs = count_macs(net, (1, *shape[1:])) / 1e9
         opt = torch.optim.Adam(net.parameters(), lr=3e-4)
         x = torch.randn(*shape, device=device)
