@@ -33,6 +33,7 @@ import math
 from pathlib import Path
 from typing import Literal, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -268,12 +269,16 @@ class TransUNet(nn.Module):
         hidden, layers, heads, mlp_dim, dropout: the ViT (B/16: 768, 12, 12 -> 8 here, 3072, 0.1).
         decoder_channels: the four upsampler blocks; ``head_channels`` the conv after the transformer (512).
         gn_groups: GroupNorm groups in the ResNet (32).
+        pretrained: a local ``R50+ViT-B_16.npz`` (Google's ImageNet-21k ViT release, the file TransUNet's
+            ``load_from`` reads) for the ResNet, the patch embedding, the positions and the transformer
+            (:meth:`load_npz`); ``None``: random initialisation (offline machines cannot download it).
     """
 
     def __init__(self, in_channels: int = 3, num_classes: int = 1, img_size: int = 224, width: int = 64,
                  units: Sequence[int] = (3, 4, 9), hidden: int = 768, layers: int = 12, heads: int = 8,
                  mlp_dim: int = 3072, dropout: float = 0.1, head_channels: int = 512,
-                 decoder_channels: Sequence[int] = (256, 128, 64, 16), gn_groups: int = 32):
+                 decoder_channels: Sequence[int] = (256, 128, 64, 16), gn_groups: int = 32,
+                 pretrained: Optional[str] = None):
         super().__init__()
         if len(units) != 3 or len(decoder_channels) != 4:
             raise ValueError("TransUNet needs 3 ResNet stages and 4 decoder blocks")
@@ -292,6 +297,88 @@ class TransUNet(nn.Module):
         self.blocks = nn.ModuleList(nn.Sequential(conv_bn_relu(cin + skip, cout), conv_bn_relu(cout, cout))
                                     for cin, skip, cout in zip(inputs, skips, decoder_channels))
         self.segmentation_head = nn.Conv2d(decoder_channels[-1], num_classes, 3, padding=1)
+        if pretrained:
+            self.load_npz(pretrained)
+
+    def npz_state_dict(self, weights) -> dict[str, torch.Tensor]:
+        """The encoder's state dict from the arrays of a ViT ``.npz`` (keys and layouts of TransUNet's
+        ``VisionTransformer.load_from``): HWIO convolutions -> OIHW, (in, out) dense kernels -> (out, in), the
+        per-head query/key/value/out kernels flattened to ``hidden`` x ``hidden`` (so 12-head weights fill the
+        8-head layers, as TransUNet does with its head count changed), the position embedding without its class
+        token and resized (linear zoom, as ``load_from``) when the token grid differs."""
+        from scipy import ndimage
+
+        def get(key: str) -> np.ndarray:
+            if key not in weights:
+                raise KeyError(f"{key!r} not in the checkpoint: not an R50+ViT .npz of this depth")
+            return np.asarray(weights[key], dtype=np.float32)
+
+        conv = lambda key: torch.from_numpy(get(key).transpose(3, 2, 0, 1).copy())  # noqa: E731  HWIO -> OIHW
+        vector = lambda key: torch.from_numpy(get(key).reshape(-1).copy())  # noqa: E731
+        hidden = self.patch_embeddings.out_channels
+        state = {"patch_embeddings.weight": conv("embedding/kernel"), "patch_embeddings.bias": vector("embedding/bias"),
+                 "encoder_norm.weight": vector("Transformer/encoder_norm/scale"),
+                 "encoder_norm.bias": vector("Transformer/encoder_norm/bias")}
+        positions = get("Transformer/posembed_input/pos_embedding")[0]
+        if positions.shape[0] == self.grid ** 2 + 1:
+            positions = positions[1:]
+        elif positions.shape[0] != self.grid ** 2:  # another token grid: zoom the grid (drop the class token)
+            old = int(math.isqrt(positions.shape[0] - 1))
+            grid = positions[1:].reshape(old, old, -1)
+            positions = ndimage.zoom(grid, (self.grid / old, self.grid / old, 1), order=1).reshape(self.grid ** 2, -1)
+        state["position_embeddings"] = torch.from_numpy(np.ascontiguousarray(positions))[None]
+        for i in range(len(self.encoder)):
+            root, prefix = f"Transformer/encoderblock_{i}", f"encoder.{i}"
+            attention = f"{root}/MultiHeadDotProductAttention_1"
+            q, k, v = (get(f"{attention}/{n}/kernel").reshape(hidden, hidden).T for n in ("query", "key", "value"))
+            state[f"{prefix}.attn.in_proj_weight"] = torch.from_numpy(np.concatenate([q, k, v]).copy())
+            state[f"{prefix}.attn.in_proj_bias"] = torch.cat([vector(f"{attention}/{n}/bias")
+                                                              for n in ("query", "key", "value")])
+            state[f"{prefix}.attn.out_proj.weight"] = torch.from_numpy(
+                get(f"{attention}/out/kernel").reshape(hidden, hidden).T.copy())
+            state[f"{prefix}.attn.out_proj.bias"] = vector(f"{attention}/out/bias")
+            for index, name in ((0, "Dense_0"), (3, "Dense_1")):
+                state[f"{prefix}.ffn.{index}.weight"] = torch.from_numpy(get(f"{root}/MlpBlock_3/{name}/kernel").T.copy())
+                state[f"{prefix}.ffn.{index}.bias"] = vector(f"{root}/MlpBlock_3/{name}/bias")
+            for norm, name in (("attention_norm", "LayerNorm_0"), ("ffn_norm", "LayerNorm_2")):
+                state[f"{prefix}.{norm}.weight"] = vector(f"{root}/{name}/scale")
+                state[f"{prefix}.{norm}.bias"] = vector(f"{root}/{name}/bias")
+        root_conv = conv("conv_root/kernel")
+        if root_conv.shape[1] != self.in_channels:  # grey-scale input: the summed RGB kernels (same response)
+            root_conv = root_conv.sum(1, keepdim=True).repeat(1, self.in_channels, 1, 1) / self.in_channels
+        state.update({"resnet.root.0.weight": root_conv, "resnet.root.1.weight": vector("gn_root/scale"),
+                      "resnet.root.1.bias": vector("gn_root/bias")})
+        for b, stage in enumerate(self.resnet.stages):
+            for u, unit in enumerate(stage):
+                npz, prefix = f"block{b + 1}/unit{u + 1}", f"resnet.stages.{b}.{u}"
+                for n in (1, 2, 3):
+                    state[f"{prefix}.conv{n}.weight"] = conv(f"{npz}/conv{n}/kernel")
+                    state[f"{prefix}.gn{n}.weight"] = vector(f"{npz}/gn{n}/scale")
+                    state[f"{prefix}.gn{n}.bias"] = vector(f"{npz}/gn{n}/bias")
+                if unit.downsample is not None:
+                    state[f"{prefix}.downsample.weight"] = conv(f"{npz}/conv_proj/kernel")
+                    state[f"{prefix}.gn_proj.weight"] = vector(f"{npz}/gn_proj/scale")
+                    state[f"{prefix}.gn_proj.bias"] = vector(f"{npz}/gn_proj/bias")
+        return state
+
+    def load_npz(self, path: str) -> None:
+        """Load the ImageNet-21k R50+ViT-B/16 encoder from a local ``.npz`` (see :meth:`npz_state_dict`); the
+        decoder and the head stay randomly initialised, as in TransUNet."""
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such R50+ViT-B_16 .npz (download "
+                                    "https://storage.googleapis.com/vit_models/imagenet21k/R50%2BViT-B_16.npz)")
+        with np.load(path) as weights:
+            state = self.npz_state_dict(weights)
+        own = self.state_dict()
+        for key, value in state.items():
+            if own[key].shape != value.shape:
+                raise RuntimeError(f"{path}: {key} has shape {tuple(value.shape)}, the network {tuple(own[key].shape)}")
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        encoder_missing = [k for k in missing if not k.startswith(("conv_more", "blocks", "segmentation_head"))]
+        if encoder_missing or unexpected:
+            raise RuntimeError(f"{path}: encoder keys not loaded {encoder_missing[:5]}, unexpected {unexpected[:5]}")
+        log.info("TransUNet: R50+ViT encoder weights from %s", path)
 
     def positions(self, h: int, w: int) -> torch.Tensor:
         if h * w == self.position_embeddings.shape[1] and h == self.grid:

@@ -121,6 +121,71 @@ def test_transunet_r50_vit_b16_parameter_count_and_shapes():
     assert tiny(torch.rand(1, 1, 96, 96)).shape == (1, 4, 96, 96)  # interpolated position embedding
 
 
+def _fake_r50_vit_npz(path, width=32, units=(1, 2, 1), hidden=32, layers=2, heads=4, mlp=64, tokens=10):
+    """Random arrays under the key names and layouts of Google's R50+ViT-B_16.npz (12 heads there, ``heads`` here;
+    ``tokens`` position embeddings including the class token)."""
+    rng = np.random.default_rng(0)
+    arrays = {"embedding/kernel": (1, 1, 16 * width, hidden), "embedding/bias": (hidden,),
+              "Transformer/encoder_norm/scale": (hidden,), "Transformer/encoder_norm/bias": (hidden,),
+              "Transformer/posembed_input/pos_embedding": (1, tokens, hidden),
+              "conv_root/kernel": (7, 7, 3, width), "gn_root/scale": (width,), "gn_root/bias": (width,)}
+    for i in range(layers):
+        root = f"Transformer/encoderblock_{i}"
+        for n in ("query", "key", "value"):
+            arrays[f"{root}/MultiHeadDotProductAttention_1/{n}/kernel"] = (hidden, heads, hidden // heads)
+            arrays[f"{root}/MultiHeadDotProductAttention_1/{n}/bias"] = (heads, hidden // heads)
+        arrays[f"{root}/MultiHeadDotProductAttention_1/out/kernel"] = (heads, hidden // heads, hidden)
+        arrays[f"{root}/MultiHeadDotProductAttention_1/out/bias"] = (hidden,)
+        arrays.update({f"{root}/MlpBlock_3/Dense_0/kernel": (hidden, mlp), f"{root}/MlpBlock_3/Dense_0/bias": (mlp,),
+                       f"{root}/MlpBlock_3/Dense_1/kernel": (mlp, hidden), f"{root}/MlpBlock_3/Dense_1/bias": (hidden,)})
+        for norm in ("LayerNorm_0", "LayerNorm_2"):
+            arrays.update({f"{root}/{norm}/scale": (hidden,), f"{root}/{norm}/bias": (hidden,)})
+    cin = width
+    for b, n in enumerate(units):
+        cout, cmid = width * 4 * 2 ** b, width * 2 ** b
+        for u in range(n):
+            unit = f"block{b + 1}/unit{u + 1}"
+            arrays.update({f"{unit}/conv1/kernel": (1, 1, cin if u == 0 else cout, cmid),
+                           f"{unit}/conv2/kernel": (3, 3, cmid, cmid), f"{unit}/conv3/kernel": (1, 1, cmid, cout)})
+            for g, c in (("gn1", cmid), ("gn2", cmid), ("gn3", cout)):
+                arrays.update({f"{unit}/{g}/scale": (c,), f"{unit}/{g}/bias": (c,)})
+            if u == 0:
+                arrays.update({f"{unit}/conv_proj/kernel": (1, 1, cin, cout), f"{unit}/gn_proj/scale": (cout,),
+                               f"{unit}/gn_proj/bias": (cout,)})
+        cin = cout
+    arrays = {key: rng.standard_normal(shape).astype(np.float32) for key, shape in arrays.items()}
+    np.savez(path, **arrays)
+    return arrays
+
+
+def test_transunet_loads_the_official_r50_vit_npz_layout(tmp_path):
+    arrays = _fake_r50_vit_npz(tmp_path / "R50+ViT-B_16.npz")
+    small = dict(img_size=48, width=32, units=(1, 2, 1), hidden=32, layers=2, heads=8, mlp_dim=64, head_channels=16,
+                 decoder_channels=(16, 8, 8, 8))
+    net = TransUNet(3, 4, pretrained=str(tmp_path / "R50+ViT-B_16.npz"), **small)
+    kq = arrays["Transformer/encoderblock_1/MultiHeadDotProductAttention_1/query/kernel"].reshape(32, 32)
+    x = torch.randn(5, 32)
+    block = net.encoder[1].attn
+    assert torch.allclose(x @ block.in_proj_weight[:32].T + block.in_proj_bias[:32],
+                          x @ torch.from_numpy(kq) + torch.from_numpy(arrays["Transformer/encoderblock_1/"
+                          "MultiHeadDotProductAttention_1/query/bias"].reshape(-1)), atol=1e-5)
+    fc2 = arrays["Transformer/encoderblock_0/MlpBlock_3/Dense_1/kernel"]
+    assert torch.equal(net.encoder[0].ffn[3].weight, torch.from_numpy(fc2.T))
+    assert torch.equal(net.patch_embeddings.weight[:, :, 0, 0], torch.from_numpy(arrays["embedding/kernel"][0, 0].T))
+    root = arrays["conv_root/kernel"]
+    assert torch.equal(net.resnet.root[0].weight, torch.from_numpy(root.transpose(3, 2, 0, 1)))
+    assert torch.equal(net.resnet.stages[1][0].gn_proj.bias, torch.from_numpy(arrays["block2/unit1/gn_proj/bias"]))
+    # 3 x 3 token grid (+ class token) zoomed to this network's 48 / 16 = 3: the class token dropped, grid kept
+    assert torch.equal(net.position_embeddings[0], torch.from_numpy(arrays["Transformer/posembed_input/pos_embedding"][0, 1:]))
+    assert net(torch.randn(1, 1, 48, 48)).shape == (1, 4, 48, 48)
+    grey = TransUNet(1, 4, pretrained=str(tmp_path / "R50+ViT-B_16.npz"), **small)  # RGB root kernels summed
+    assert torch.allclose(grey.resnet.root[0].weight[:, 0], torch.from_numpy(root.transpose(3, 2, 0, 1)).sum(1))
+    zoomed = TransUNet(3, 4, pretrained=str(tmp_path / "R50+ViT-B_16.npz"), **{**small, "img_size": 96})
+    assert zoomed.position_embeddings.shape == (1, 36, 32)  # 3 x 3 -> 6 x 6 (linear zoom, as load_from)
+    with pytest.raises(KeyError, match="encoderblock_2"):
+        TransUNet(3, 4, pretrained=str(tmp_path / "R50+ViT-B_16.npz"), **{**small, "layers": 3})
+
+
 def test_unet_r50_decoder_and_local_encoder_weights(tmp_path):
     net = UNetR50(3, 2, backbone="resnet18", decoder_channels=(32, 16, 16, 8, 8))
     assert net(torch.rand(1, 3, 64, 64)).shape == (1, 2, 64, 64)
