@@ -72,3 +72,20 @@ def test_nnunet2d_plan_and_deep_supervision():
     assert net.eval()(x).shape == (2, 1, 64, 96)
     plain = NNUNet2D(in_channels=6, image_size=(64, 96), base_features=8, max_features=32, deep_supervision=False)
     assert plain.train()(x).shape == (2, 1, 64, 96)
+
+
+def test_nnunet2d_deep_supervision_through_the_segmentation_task():
+    from lightning_modules.tasks.segmentation import SegmentationTask
+
+    torch.manual_seed(0)
+    weights = [1 / 2 ** i for i in range(4)]
+    task = SegmentationTask(NNUNet2D(in_channels=6, image_size=(64, 96), base_features=8, max_features=32),
+                            output_weights=[w / sum(weights) for w in weights], figure_every_n_epochs=0)
+    x, mask = torch.randn(2, 6, 64, 96), (torch.rand(2, 1, 64, 96) > 0.7).float()
+    task.train()
+    outputs = task.network(x)
+    loss = task.losses(outputs, mask)["loss"]
+    expected = sum(w * task._loss_terms(o, mask)["loss"] for w, o in zip(task.output_weights, outputs))
+    assert torch.isfinite(loss) and torch.allclose(loss, expected)
+    loss.backward()
+    assert task.network.net.input_block.conv1.conv.weight.grad.abs().sum() > 0
