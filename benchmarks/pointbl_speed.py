@@ -8,7 +8,10 @@ inference, peak memory), and the per-slice cost of the distance maps (euc/geo/in
 Network rows: forward + (partial CE + boundary loss) backward + Adam step on random slices with random points and
 maps (slices/s after a warm-up), eval-mode inference of one slice (ms, median) and of a batch (slices/s); peak
 memory: CUDA max allocated, or on CPU the process's peak RSS (cumulative). Map rows: seconds per slice for the 3
-foreground classes of a synthetic cardiac slice (``signed_distance_maps``), single process.
+foreground classes of a synthetic cardiac slice (``signed_distance_maps``), single process. Volume rows (Table 3):
+seconds per synthetic fat/water abdominal volume (6 organs, maps on the fat channel from the slice-wise points),
+per 2D slice (``distance_dim 2d``) or on the whole volume with 26-connectivity (``3d``); ``--volume-size 0`` skips
+them, ``--exact-3d-mbd`` adds the exact 3D MBD (minutes per volume on a CPU).
 """
 from __future__ import annotations
 
@@ -79,6 +82,23 @@ def map_rows(size: int, kinds: list[str]) -> list[str]:
     return rows
 
 
+def volume_rows(size: int, depth: int, exact_mbd: bool) -> list[str]:
+    from datamodules.point_slices import volume_distance_maps, volume_points
+    from datamodules.standins.synthetic_abdomen import CLASS_NAMES, abdomen_volume
+
+    image, labels = abdomen_volume(np.random.default_rng(0), size, depth)
+    volume = {"name": "bench", "image": image, "mask": labels, "spacing": (1.0, 1.0, 1.0)}
+    points = volume_points(volume, len(CLASS_NAMES), 4, 0, False)
+    rows = []
+    for kind, step in (("euc", 1), ("geo", 1), ("int", 1), ("mbd", 8), *((("mbd", 1),) if exact_mbd else ())):
+        for dim in ("2d", "3d"):
+            start = time.perf_counter()
+            volume_distance_maps(volume, points, len(CLASS_NAMES), kind, 1.0, step, dim, channel=1)
+            label = kind if kind != "mbd" else ("mbd (exact)" if step == 1 else f"mbd (mbd_step {step})")
+            rows.append(f"| {label} | {dim} | {size}x{size}x{depth} | {time.perf_counter() - start:.2f} |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -86,6 +106,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--map-size", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--volume-size", type=int, nargs=2, default=[64, 32], metavar=("SIZE", "DEPTH"))
+    parser.add_argument("--exact-3d-mbd", action="store_true")
     args = parser.parse_args()
     torch.manual_seed(0)
     print("| network | params | input | batch | device | train slices/s | latency ms | infer slices/s | peak MB |")
@@ -96,6 +118,11 @@ def main() -> None:
     print("|---|---|---|")
     for size in args.map_size:
         print("\n".join(map_rows(size, ["euc", "geo", "int", "mbd"])))
+    if args.volume_size[0]:
+        print()
+        print("| distance map (6 organs, one volume) | computed | volume | seconds |")
+        print("|---|---|---|---|")
+        print("\n".join(volume_rows(*args.volume_size, args.exact_3d_mbd)))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ from datamodules.point_slices import PointSliceDataModule
 STANDIN = "experiments/pointbl_demo_3d.yaml"
 LAYOUT = """<data_dir>/imagesTr/<case>_0000.nii.gz   water (one 3D volume per channel, all on one grid)
 <data_dir>/imagesTr/<case>_0001.nii.gz   fat
-<data_dir>/labelsTr/<case>.nii.gz        labels 0-6: background, bladder, right kidney, liver, pancreas, spleen, left kidney
+<data_dir>/labelsTr/<case>.nii.gz        labels 0-6: background, bladder, right kidney, liver, pancreas, spleen,
+                                         left kidney
 (POEM itself is private; any fat/water cohort in this layout works)"""
 CLASS_NAMES = ("background", "bld", "kdr", "lvr", "pnc", "spl", "kdl")
 

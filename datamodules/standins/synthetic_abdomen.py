@@ -70,8 +70,8 @@ class SyntheticAbdomenDataModule(PointSliceDataModule):
     "in 3D" rows, ``network_dims: 3`` with ``patch_size`` for a 3D network."""
 
     def __init__(self, num_train: int = 6, num_val: int = 2, num_test: int = 2, size: int = 64, depth: int = 24,
-                 noise: float = 0.05, seed: int = 0,
-                 distance: Literal["euc", "geo", "int", "mbd", "none"] = "geo", distance_dim: Literal["2d", "3d"] = "3d",
+                 noise: float = 0.05, seed: int = 0, distance: Literal["euc", "geo", "int", "mbd", "none"] = "geo",
+                 distance_dim: Literal["2d", "3d"] = "3d",
                  distance_channel: int = 1, point_width: int = 4, point_seed: int = 0, per_component: bool = False,
                  absent_value: float = 1.0, mbd_step: int = 1, cache_dir: Optional[str] = None,
                  prepare_workers: int = 1, network_dims: Literal[2, 3] = 2, patch_size: Optional[Sequence[int]] = None,
