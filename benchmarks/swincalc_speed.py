@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""SwinCalc speed: RetinaNet (or ``--head deformable_detr``) on a Swin (or ResNet) backbone, training step (the
-head's losses, AdamW; images/s),
+"""SwinCalc speed: RetinaNet (or ``--head reppoints`` / ``deformable_detr``) on a Swin (or ResNet) backbone,
+training step (the head's losses, AdamW; images/s),
 inference throughput (images/s with box decoding and NMS) and latency (ms for one image), peak memory (CPU: max RSS;
 CUDA: max allocated).
 
@@ -84,7 +84,8 @@ def main() -> None:
     name = "tiny Swin (demo)" if args.tiny else args.backbone
     print(f"| model | params | input | batch | device | precision | train img/s | infer img/s | latency ms | peak MB |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    head = {"retinanet": "RetinaNet", "deformable_detr": "Deformable DETR"}.get(args.head, args.head)
+    names = {"retinanet": "RetinaNet", "reppoints": "RepPoints", "deformable_detr": "Deformable DETR"}
+    head = names.get(args.head, args.head)
     print(f"| {head} / {name} | {count_parameters(detector) / 1e6:.2f}M | {args.height}x{args.width} | "
           f"{args.batch_size} | {args.device} | {args.precision} | {args.batch_size / train_s:.2f} | "
           f"{args.batch_size / infer_s:.2f} | {1e3 * latency_s:.0f} | {peak_memory_mb(device):.0f} |")

@@ -55,7 +55,8 @@ def deform_conv2d(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tenso
     batch, channels, height, width = input.shape
     out_channels, in_channels, kh, kw = weight.shape
     if in_channels != channels:
-        raise ValueError(f"weight expects {in_channels} input channels, input has {channels} (groups are not supported)")
+        raise ValueError(f"weight expects {in_channels} input channels, input has {channels} "
+                         "(groups are not supported)")
     points = kh * kw
     out_h, out_w = offset.shape[-2:]
     groups = offset.shape[1] // (2 * points)
