@@ -113,9 +113,9 @@ class NNUNet2D(nn.Module):
         image_size: the training patch (MDC: 256 x 320, the whole image).
         base_features, max_features: 32 and 512 (nnU-Net's 2D defaults).
         min_feature_map: downsample while every side stays >= this (4, nnU-Net).
-        deep_supervision: return [main logits, ``deep_supervision_heads`` (at most stages - 2) coarser decoder levels' logits] in
-            train mode, all at full size (nnU-Net supervises every decoder level but the lowest with weights
-            1, 1/2, 1/4, ... normalised; give them to the task as ``output_weights``).
+        deep_supervision: in train mode return [main logits, the logits of ``deep_supervision_heads`` (at most
+            stages - 2) coarser decoder levels], all at full size (nnU-Net supervises every decoder level but the
+            lowest, weights 1, 1/2, 1/4, ... normalised; give them to the task as ``output_weights``).
     """
 
     def __init__(self, in_channels: int = 60, image_size: Sequence[int] = (256, 320), base_features: int = 32,
