@@ -151,8 +151,9 @@ class MultiScaleDeformableAttention(nn.Module):
                          + offsets / points * reference_points[:, :, None, :, None, 2:] * 0.5)
         else:
             raise ValueError(f"reference points end in 2 or 4 values, got {reference_points.shape[-1]}")
-        output = multi_scale_deformable_attention(value, spatial_shapes, locations, weights)
-        return self.output_proj(output)
+        # Sampled in float32 under mixed precision: half-precision locations would be off by pixels on large maps.
+        output = multi_scale_deformable_attention(value.float(), spatial_shapes, locations.float(), weights.float())
+        return self.output_proj(output.to(query.dtype))
 
 
 # --------------------------------------------------------------------------------------------------------------

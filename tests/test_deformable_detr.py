@@ -204,6 +204,18 @@ def test_detector_losses_gradients_and_predictions():
     assert boxes[:, 0::2].max() <= 64 and boxes[:, 1::2].max() <= 96 and boxes.min() >= 0
 
 
+def test_detector_trains_under_bf16_autocast():
+    """The trainer's bf16-mixed: the attention samples in float32, the losses are float32 and finite."""
+    torch.manual_seed(0)
+    detector = tiny_detector().train()
+    targets = [{"boxes": torch.tensor([[5.0, 6.0, 20.0, 30.0]]), "labels": torch.tensor([0])}]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = detector(torch.randn(1, 3, 96, 64), targets)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert torch.isfinite(detector.transformer.encoder[0].self_attn.sampling_offsets.weight.grad).all()
+
+
 def test_detector_overfits_one_box_in_xy_order():
     """60 steps on one image: the loss falls tenfold and the top box lands on a target that an x/y swap would miss."""
     from monai.data.box_utils import box_iou
