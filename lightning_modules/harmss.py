@@ -338,7 +338,8 @@ class TransUNet(nn.Module):
                 get(f"{attention}/out/kernel").reshape(hidden, hidden).T.copy())
             state[f"{prefix}.attn.out_proj.bias"] = vector(f"{attention}/out/bias")
             for index, name in ((0, "Dense_0"), (3, "Dense_1")):
-                state[f"{prefix}.ffn.{index}.weight"] = torch.from_numpy(get(f"{root}/MlpBlock_3/{name}/kernel").T.copy())
+                kernel = get(f"{root}/MlpBlock_3/{name}/kernel")  # (in, out) -> (out, in)
+                state[f"{prefix}.ffn.{index}.weight"] = torch.from_numpy(kernel.T.copy())
                 state[f"{prefix}.ffn.{index}.bias"] = vector(f"{root}/MlpBlock_3/{name}/bias")
             for norm, name in (("attention_norm", "LayerNorm_0"), ("ffn_norm", "LayerNorm_2")):
                 state[f"{prefix}.{norm}.weight"] = vector(f"{root}/{name}/scale")

@@ -176,7 +176,8 @@ def test_transunet_loads_the_official_r50_vit_npz_layout(tmp_path):
     assert torch.equal(net.resnet.root[0].weight, torch.from_numpy(root.transpose(3, 2, 0, 1)))
     assert torch.equal(net.resnet.stages[1][0].gn_proj.bias, torch.from_numpy(arrays["block2/unit1/gn_proj/bias"]))
     # 3 x 3 token grid (+ class token) zoomed to this network's 48 / 16 = 3: the class token dropped, grid kept
-    assert torch.equal(net.position_embeddings[0], torch.from_numpy(arrays["Transformer/posembed_input/pos_embedding"][0, 1:]))
+    positions = arrays["Transformer/posembed_input/pos_embedding"]
+    assert torch.equal(net.position_embeddings[0], torch.from_numpy(positions[0, 1:]))
     assert net(torch.randn(1, 1, 48, 48)).shape == (1, 4, 48, 48)
     grey = TransUNet(1, 4, pretrained=str(tmp_path / "R50+ViT-B_16.npz"), **small)  # RGB root kernels summed
     assert torch.allclose(grey.resnet.root[0].weight[:, 0], torch.from_numpy(root.transpose(3, 2, 0, 1)).sum(1))
@@ -300,8 +301,9 @@ def test_acdc_frames_split_by_patient(tmp_path):
         for frame in (1, 12):
             stem = f"patient{p:03d}_frame{frame:02d}"
             affine = np.diag([1.5, 1.25, 10.0, 1.0])
-            nib.save(nib.Nifti1Image(rng.random((40, 36, 3)).astype(np.float32) * 500, affine), folder / f"{stem}.nii.gz")
-            nib.save(nib.Nifti1Image(rng.integers(0, 4, (40, 36, 3)).astype(np.uint8), affine), folder / f"{stem}_gt.nii.gz")
+            image, labels = rng.random((40, 36, 3)) * 500, rng.integers(0, 4, (40, 36, 3))
+            nib.save(nib.Nifti1Image(image.astype(np.float32), affine), folder / f"{stem}.nii.gz")
+            nib.save(nib.Nifti1Image(labels.astype(np.uint8), affine), folder / f"{stem}_gt.nii.gz")
         (folder / f"patient{p:03d}_4d.nii.gz").touch()  # the cine 4-D file is not read
     dm = ACDCSliceDataModule(str(tmp_path), image_size=32, num_workers=0)
     dm.setup()

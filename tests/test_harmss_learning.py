@@ -1,5 +1,6 @@
 """HarmonizedSS end to end: the demo config (shrunk) learns on the stand-in through run.py (loss falls, Dice beats
-all-background, ECE/MCE and HD95 logged); the multi-class demo (shrunk) scores per restacked volume and class; the task scores calibration on every test set and applies test-time noise."""
+all-background, ECE/MCE and HD95 logged); the multi-class demo (shrunk) scores per restacked volume and class; the
+task scores calibration on every test set and applies test-time noise."""
 import json
 from pathlib import Path
 
