@@ -66,8 +66,12 @@ def test_superpixel_self_supervision_learns_and_transfers_to_the_colon():
 
 
 @pytest.mark.slow
-def test_superpixel_demo_segments_the_colon(tmp_path):
-    run.main(["--config", DEMO, "--runs_dir", str(tmp_path), "--run_id", "demo", "--trainer.enable_progress_bar",
-              "false"])
-    results = json.loads((tmp_path / "setdcl_superpixel_demo" / "demo" / "results.json").read_text())
-    assert results["test/dice_all_background"] == 0.0 and results["test/dice"] > 0.15
+def test_superpixel_demo_beats_the_untrained_network(tmp_path):
+    """The shipped demo (a few minutes): the colon Dice above all-background and above the same network untrained
+    (0.182 vs 0.159 here)."""
+    common = ["--config", DEMO, "--runs_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"]
+    run.main([*common, "--run_id", "demo"])
+    run.main([*common, "--run_id", "untrained", "--trainer.max_epochs", "0"])
+    demo, untrained = (json.loads((tmp_path / "setdcl_superpixel_demo" / name / "results.json").read_text())
+                       for name in ("demo", "untrained"))
+    assert demo["test/dice_all_background"] == 0.0 and demo["test/dice"] > untrained["test/dice"] + 0.01
