@@ -107,12 +107,15 @@ def pixel_graph(image: np.ndarray, lam: float) -> sparse.csr_matrix:
     return graph.tocsr()
 
 
-def geodesic_distance(image: np.ndarray, seeds: np.ndarray, lam: float) -> np.ndarray:
-    """Weighted-L1 geodesic distance from the ``seeds`` (boolean) over ``image`` (already 0-255)."""
+def geodesic_distance(image: np.ndarray, seeds: np.ndarray, lam: float,
+                      graph: Optional[sparse.csr_matrix] = None) -> np.ndarray:
+    """Weighted-L1 geodesic distance from the ``seeds`` (boolean) over ``image`` (already 0-255); ``graph``: its
+    ``pixel_graph(image, lam)`` when already built (it depends on the image only, not on the seeds)."""
     seeds = np.asarray(seeds, dtype=bool)
     if not seeds.any():
         raise ValueError("geodesic distance from an empty seed set")
-    graph = pixel_graph(np.asarray(image, dtype=np.float64), lam)
+    if graph is None:
+        graph = pixel_graph(np.asarray(image, dtype=np.float64), lam)
     distance = csgraph.dijkstra(graph, directed=False, indices=np.flatnonzero(seeds), min_only=True)
     return distance.reshape(seeds.shape)
 
@@ -146,13 +149,15 @@ def minimum_barrier_distance(image: np.ndarray, seeds: np.ndarray, level_step: i
     return best
 
 
-def distance_map(image: np.ndarray, seeds: np.ndarray, kind: DistanceKind, mbd_step: int = 1) -> np.ndarray:
-    """Distance of every pixel from the seed set (``image`` already rescaled to 0-255)."""
+def distance_map(image: np.ndarray, seeds: np.ndarray, kind: DistanceKind, mbd_step: int = 1,
+                 graph: Optional[sparse.csr_matrix] = None) -> np.ndarray:
+    """Distance of every pixel from the seed set (``image`` already rescaled to 0-255); ``graph``: the image's
+    pixel graph for ``kind`` (euc/geo/int), reused across seed sets."""
     if kind == "mbd":
         return minimum_barrier_distance(image, seeds, mbd_step)
     if kind not in LAMBDAS:
         raise ValueError(f"distance must be one of {DISTANCES}, got {kind!r}")
-    return geodesic_distance(image, seeds, LAMBDAS[kind])
+    return geodesic_distance(image, seeds, LAMBDAS[kind], graph)
 
 
 def signed_distance_maps(image: np.ndarray, points: np.ndarray, num_classes: int, kind: DistanceKind,
@@ -162,11 +167,14 @@ def signed_distance_maps(image: np.ndarray, points: np.ndarray, num_classes: int
     image = rescale_255(image)
     maps = np.full((num_classes, *points.shape), absent_value, dtype=np.float32)
     maps[0] = 0.0
+    graph = None  # the whole image's pixel graph, built once for every class (most of a Dijkstra map's cost)
     for k in range(1, num_classes):
         inside = points == k
         if not inside.any():
             continue
-        outside = distance_map(image, inside, kind, mbd_step)
+        if graph is None and kind in LAMBDAS:
+            graph = pixel_graph(image, LAMBDAS[kind])
+        outside = distance_map(image, inside, kind, mbd_step, graph)
         signed = np.where(inside, 0.0, outside)
         if (~inside).any():  # paths from inside pixels end at the first outside pixel: the box + 1 is exact
             box = tuple(slice(max(0, int(lo) - 1), int(hi) + 2)
