@@ -32,7 +32,6 @@ import math
 from collections.abc import Sequence
 from typing import Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.data.box_utils import box_giou, box_pair_giou

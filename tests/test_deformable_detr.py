@@ -9,9 +9,10 @@ import math
 import pytest
 import torch
 
-from lightning_modules.deformable_detr import (DeformableDETRCalcDetector, HungarianMatcher, MultiScaleDeformableAttention,
-                                               SetCriterion, box_cxcywh_to_xyxy, box_xyxy_to_cxcywh,
-                                               multi_scale_deformable_attention, sine_position_encoding)
+from lightning_modules.deformable_detr import (DeformableDETRCalcDetector, HungarianMatcher,
+                                               MultiScaleDeformableAttention, SetCriterion, box_cxcywh_to_xyxy,
+                                               box_xyxy_to_cxcywh, multi_scale_deformable_attention,
+                                               sine_position_encoding)
 from lightning_modules.swincalc import SwinCalcDetector
 from lightning_modules.utils import count_parameters
 
@@ -122,7 +123,8 @@ def test_hungarian_matcher_finds_the_brute_force_optimum(queries, targets, seed)
     generator = torch.Generator().manual_seed(seed)
     logits = torch.randn(1, queries, 2, generator=generator)
     boxes = random_cxcywh(generator, queries)[None]
-    target = {"boxes": random_cxcywh(generator, targets), "labels": torch.randint(0, 2, (targets,), generator=generator)}
+    target = {"boxes": random_cxcywh(generator, targets),
+              "labels": torch.randint(0, 2, (targets,), generator=generator)}
     matcher = HungarianMatcher()
     (rows, cols), = matcher(logits, boxes, [target])
     cost = matcher.cost(logits[0], boxes[0], target["boxes"], target["labels"])
@@ -184,7 +186,8 @@ def test_detector_losses_gradients_and_predictions():
     torch.manual_seed(0)
     detector = tiny_detector().train()
     images = torch.randn(2, 3, 96, 64)
-    targets = [{"boxes": torch.tensor([[5.0, 6.0, 20.0, 30.0], [30.0, 50.0, 60.0, 90.0]]), "labels": torch.tensor([0, 0])},
+    targets = [{"boxes": torch.tensor([[5.0, 6.0, 20.0, 30.0], [30.0, 50.0, 60.0, 90.0]]),
+                "labels": torch.tensor([0, 0])},
                {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]
     losses = detector(images, targets)
     assert set(losses) == {"classification", "box_l1", "giou", "aux_classification", "aux_box_l1", "aux_giou"}
