@@ -88,3 +88,25 @@ def test_pan_forward_stride_and_gradients():
     assert network.fpa.down1[1][0].weight.grad.abs().sum() > 0 and network.encoder.conv1.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="multiples of 128"):
         network(torch.rand(1, 1, 64, 64))
+
+
+@pytest.mark.parametrize("name", ["clstm_unet", "pan"])
+def test_baseline_fits_and_tests_through_the_segmentation_task_on_stand_in_slices(name):
+    import lightning as L
+
+    from datamodules.standins.synthetic_ct_colon import SyntheticCTColonDataModule
+    from lightning_modules.tasks.segmentation import SegmentationTask
+
+    L.seed_everything(0)
+    if name == "clstm_unet":  # 3-slice sequences, as ctc/clstm_unet.yaml's 5
+        network, data_args = CLSTMUNet(sequence_length=3, down_features=(4, 8, 8, 8), up_features=(8, 4, 4, 4)), \
+            dict(slice_context=3)
+    else:  # PAN needs slices of a multiple of 128 px
+        network, data_args = PAN(backbone="resnet18", width=0.25, decoder_channels=8), dict(image_size=128)
+    data = SyntheticCTColonDataModule(num_train=1, num_val=1, num_test=1, mode="slices", batch_size=4, **data_args)
+    task = SegmentationTask(network, num_classes=1, figure_every_n_epochs=0)
+    trainer = L.Trainer(max_steps=2, limit_val_batches=1, limit_test_batches=2, accelerator="cpu", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(task, data)
+    results = trainer.test(task, data, verbose=False)[0]
+    assert 0.0 <= results["test/dice"] <= 1.0 and results["test/dice_all_background"] == 0.0
