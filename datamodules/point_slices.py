@@ -119,13 +119,12 @@ class PointVolumeDataset(Dataset):
 
         v = i // self.samples_per_volume
         volume = self.volumes[v]
-        arrays = {keys.IMAGE: _channels_first(np.asarray(volume["image"], dtype=np.float32)) / 255.0,
-                  keys.MASK: np.asarray(volume["mask"], dtype=np.int64)[None]}
+        arrays = {keys.IMAGE: _channels_first(np.asarray(volume["image"])), keys.MASK: np.asarray(volume["mask"])[None]}
         if self.points is not None:
-            arrays[keys.POINTS] = self.points[v].astype(np.int64)[None]
+            arrays[keys.POINTS] = self.points[v][None]
         if self.maps is not None:
-            arrays[keys.DISTANCE_MAPS] = self.maps[v].astype(np.float32)
-        if self.patch_size is not None:
+            arrays[keys.DISTANCE_MAPS] = self.maps[v]
+        if self.patch_size is not None:  # crop the stored arrays first, convert only the patch
             fill = {keys.POINTS: IGNORE}
             arrays = {k: pad_to(a, self.patch_size, fill.get(k, 0)) for k, a in arrays.items()}
             rng = np.random.default_rng(int(torch.randint(0, 2 ** 31 - 1, (1,)).item()))
@@ -133,7 +132,9 @@ class PointVolumeDataset(Dataset):
             start = sample_patch_start(centre_on, self.patch_size, self.foreground_probability, rng)
             window = (slice(None),) + tuple(slice(s, s + p) for s, p in zip(start, self.patch_size))
             arrays = {k: a[window] for k, a in arrays.items()}
-        item = {k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in arrays.items()}
+        dtypes = {keys.IMAGE: np.float32, keys.DISTANCE_MAPS: np.float32}
+        item = {k: torch.from_numpy(np.ascontiguousarray(a, dtype=dtypes.get(k, np.int64))) for k, a in arrays.items()}
+        item[keys.IMAGE] = item[keys.IMAGE] / 255.0
         item[keys.NAME] = volume["name"]
         item[keys.SPACING] = torch.tensor(np.asarray(volume["spacing"], dtype=np.float32))
         return item
