@@ -83,6 +83,11 @@ class CoarseLoFTR(nn.Module):
     def load_loftr_checkpoint(self, path: str | Path) -> None:
         """Load a LoFTR checkpoint (e.g. MegaDepth "outdoor", kornia's or the official ``loftr_outdoor.ckpt``) from a
         local file: backbone and coarse transformer; the fine level's weights are skipped."""
+        if not Path(path).is_file():
+            raise FileNotFoundError(
+                f"{path}: no LoFTR checkpoint there. On the stand-in, train the matcher first (stage 0): python run.py "
+                "--config experiments/unfema_pretrain_demo.yaml --run_id stage0, then pass "
+                "runs/unfema_pretrain_demo/stage0/checkpoints/best.ckpt; on ANHIR, a local MegaDepth LoFTR checkpoint")
         state = torch.load(Path(path), map_location="cpu", weights_only=False)
         state = state.get("state_dict", state)
         own = self.state_dict()

@@ -198,6 +198,8 @@ def test_loftr_weights_load_from_a_local_file(tmp_path):
     torch.testing.assert_close(net.matcher.backbone.layer3_outconv.weight, loftr.backbone.layer3_outconv.weight)
     with pytest.raises(ValueError, match="QuadTree"):
         CoarseLoFTR(attention="quadtree")
+    with pytest.raises(FileNotFoundError, match="unfema_pretrain_demo.yaml"):  # the stand-in's stage 0 is named
+        UnFeMa(**TINY, pretrained=str(tmp_path / "missing.ckpt"))
 
 
 # -- losses ---------------------------------------------------------------------------------------------------
