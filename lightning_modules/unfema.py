@@ -4,7 +4,9 @@ LoFTR's coarse level (ResNet-FPN 8/2 backbone, sine position encoding, self/cros
 a dual-softmax confidence matrix; mutual-nearest matches are refined by Soft Points (a softmax expectation over a
 vicinity of each match, kornia's dsnt) and a confidence-weighted DLT turns them into an affine matrix, so the
 registration loss reaches both the match coordinates and their confidences. At inference the source is tried at
-4 rotations, the affine of each is fitted by RANSAC (scikit-image) and the one with the best global NCC is kept.
+4 rotations, the affine of each is fitted by RANSAC (scikit-image) and the one with the best global NCC is kept;
+Perceptual Search (Sec. 3.2: VGG-19 feature NCC over a pyramid, with and without a matcher's affine) can replace
+that search as the initial alignment. The Tables 1/2 baselines live in ``unfema_baselines.py``.
 
 Convention (the registration family's): ``forward(moving, fixed)`` with moving = source I_S, fixed = target I_T,
 returns ``theta`` (B, 2, 3), F.affine_grid's matrix (align_corners=True) from target to source coordinates, so
