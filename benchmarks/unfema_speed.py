@@ -3,11 +3,13 @@
 
     python benchmarks/unfema_speed.py                          # demo size (128 px) and the paper's (512 / 1024 px)
     python benchmarks/unfema_speed.py --configs demo --steps 3
+    python benchmarks/unfema_speed.py --configs demo_perceptual deephistreg_demo larhi_demo deephistreg larhi
 
 Each configuration runs in its own process so that its peak memory is its own (CUDA: max_memory_allocated; CPU:
 peak resident set size). A train step is the task's full step (matching, Soft Points, weighted DLT, warp, patch
 NCC, backward, AdamW) at the given batch; inference is one pair through the 4-angle search with RANSAC, the
-procedure of validation and test.
+procedure of validation and test (``demo_perceptual``: Perceptual Search with random VGG-19 features instead). The
+baselines (DeepHistReg, LARHI) train with the global NCC and include their exhaustive search in every step.
 """
 from __future__ import annotations
 
@@ -23,25 +25,41 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-CONFIGS = {  # name: (network args, train size, train batch, inference size)
-    "demo": (dict(initial_dim=32, block_dims=(32, 48, 64), nhead=4, n_layers=2, threshold=0.02,
-                  ransac_threshold=2.0, ransac_trials=300), 128, 8, 128, 16),
-    "paper": (dict(), 512, 2, 1024, 32),  # batch 16 in the paper (2 GPUs); 2 here to fit a CPU
+DEMO = dict(initial_dim=32, block_dims=(32, 48, 64), nhead=4, n_layers=2, threshold=0.02, ransac_threshold=2.0,
+            ransac_trials=300)
+CONFIGS = {  # name: (network class, its args, train size, train batch, inference size, patch NCC size or None)
+    "demo": ("UnFeMa", DEMO, 128, 8, 128, 16),
+    "paper": ("UnFeMa", dict(), 512, 2, 1024, 32),  # batch 16 in the paper (2 GPUs); 2 here to fit a CPU
+    # opt-in (--configs): inference with Perceptual Search, and the baselines (global NCC loss)
+    "demo_perceptual": ("UnFeMa", {**DEMO, "perceptual_search": ("PerceptualSearch", dict(scales=(1.0, 0.5, 0.25)))},
+                        128, 8, 128, 16),
+    "deephistreg_demo": ("DeepHistRegAffine", dict(width=16), 128, 8, 128, None),
+    "deephistreg": ("DeepHistRegAffine", dict(width=64), 512, 2, 512, None),
+    "larhi_demo": ("LARHIAffine", dict(patch_size=64, width=16), 128, 8, 128, None),
+    "larhi": ("LARHIAffine", dict(patch_size=224, width=32), 512, 2, 512, None),
 }
+
+
+def build_network(name: str, kwargs: dict):
+    from lightning_modules import unfema, unfema_baselines
+
+    kwargs = {k: build_network(*v) if isinstance(v, tuple) and isinstance(v[0], str) else v
+              for k, v in kwargs.items()}
+    return getattr(unfema if hasattr(unfema, name) else unfema_baselines, name)(**kwargs)
 
 
 def measure(name: str, steps: int) -> dict:
     import torch
 
-    from lightning_modules.losses.registration import PatchNCCLoss
+    from lightning_modules.losses.registration import GlobalNCCLoss, PatchNCCLoss
     from lightning_modules.tasks.registration import RegistrationTask
-    from lightning_modules.unfema import UnFeMa
     from lightning_modules.utils import count_parameters
 
-    kwargs, size, batch, eval_size, patch = CONFIGS[name]
+    network, kwargs, size, batch, eval_size, patch = CONFIGS[name]
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    task = RegistrationTask(UnFeMa(**kwargs), smooth_weight=0.0, similarity=PatchNCCLoss(patch),
+    similarity = PatchNCCLoss(patch) if patch else GlobalNCCLoss()
+    task = RegistrationTask(build_network(network, kwargs), smooth_weight=0.0, similarity=similarity,
                             optimizer=partial(torch.optim.AdamW, lr=1e-4, weight_decay=0.1)).to(device)
     optimizer = task.configure_optimizers()
     # a real pair (the stand-in's tissue) so that the matcher finds matches
