@@ -177,7 +177,10 @@ class DetectionDataset(Dataset):
         keep = (boxes[:, 2] > boxes[:, 0] + 0.5) & (boxes[:, 3] > boxes[:, 1] + 0.5)
         boxes, labels = boxes[keep], labels[keep]
         if self.augment:
-            out = self.geometric()(image=image, bboxes=boxes, labels=labels)
+            geometric = self.geometric()
+            # albumentations 2 seeds itself from the OS unless told: draw its seed from torch's RNG (seed_everything)
+            geometric.set_random_seed(int(torch.randint(0, 2 ** 31 - 1, (1,))))
+            out = geometric(image=image, bboxes=boxes, labels=labels)
             image = np.asarray(out["image"], dtype=np.float32)
             boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
             labels = np.asarray(out["labels"], dtype=np.int64).reshape(-1)
