@@ -32,7 +32,7 @@ class _Losses(Callback):
         self.values.append(float(outputs["loss"]))
 
 
-def test_detector_learns_beyond_the_bright_spot_baseline(one_thread):
+def test_detector_learns_beyond_the_bright_spot_baseline(one_thread, tmp_path):
     """3 epochs of 8 steps at 128 x 80 with gradient clipping at 10 (seeds 0 / 1 / 2: test AUFC[0, 1]
     0.87 / 0.98 / 0.92 and TPR@1 0.96 / 1.00 / 1.00 against the bright-spot's 0.21 and 0.54; the lowest over
     further augmentation draws: 0.56 and 0.71)."""
@@ -46,8 +46,8 @@ def test_detector_learns_beyond_the_bright_spot_baseline(one_thread):
                          max_figure_images=0, optimizer=partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.05))
     data = SyntheticMammoDataModule(num_train=32, num_val=4, num_test=32, image_size=(128, 80), seed=0, batch_size=4)
     losses = _Losses()
-    trainer = Trainer(max_epochs=3, accelerator="cpu", gradient_clip_val=10.0, limit_val_batches=0,
-                      num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    trainer = Trainer(default_root_dir=tmp_path, max_epochs=3, accelerator="cpu", gradient_clip_val=10.0,
+                      limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                       enable_model_summary=False, callbacks=[losses])
     trainer.fit(task, datamodule=data)
     (metrics,) = trainer.test(task, datamodule=data, verbose=False)
