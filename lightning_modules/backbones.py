@@ -47,7 +47,7 @@ import math
 import re
 from functools import partial
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -190,6 +190,17 @@ class StochasticDepth(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+class Permute(nn.Module):
+    """``x.permute(*dims)`` as a layer (torchvision's ``Permute``), for channels-last blocks inside ``nn.Sequential``."""
+
+    def __init__(self, dims: Sequence[int]):
+        super().__init__()
+        self.dims = list(dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(*self.dims)
 
 
 class SqueezeExcitation(nn.Module):

@@ -28,7 +28,7 @@ from monai.data.box_utils import non_max_suppression
 from monai.networks.blocks.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
 from torch import nn
 
-from lightning_modules.backbones import StochasticDepth
+from lightning_modules.backbones import Permute, StochasticDepth
 
 # --------------------------------------------------------------------------------------------------------------
 # Swin Transformer (Liu et al. 2021), torchvision layout
@@ -38,15 +38,6 @@ SWIN_CONFIGS = {
     "swin_s": dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), stochastic_depth_prob=0.3),
     "swin_b": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), stochastic_depth_prob=0.5),
 }
-
-
-class Permute(nn.Module):
-    def __init__(self, dims: Sequence[int]):
-        super().__init__()
-        self.dims = list(dims)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.permute(*self.dims)
 
 
 class PatchMerging(nn.Module):

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from lightning_modules.backbones import StochasticDepth
+from lightning_modules.backbones import Permute, StochasticDepth
 
 CONVNEXT_CONFIGS = {
     "convnext_tiny": dict(dims=(96, 192, 384, 768), depths=(3, 3, 9, 3), stochastic_depth_prob=0.1),
@@ -34,15 +34,6 @@ class LayerNorm2d(nn.LayerNorm):
         return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
-class _Permute(nn.Module):
-    def __init__(self, dims: Sequence[int]):
-        super().__init__()
-        self.dims = list(dims)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.permute(*self.dims)
-
-
 class CNBlock(nn.Module):
     """ConvNeXt block: depthwise 7x7 -> LayerNorm -> Linear 4x -> GELU -> Linear, scaled (layer scale 1e-6) and
     added to the input through stochastic depth."""
@@ -50,9 +41,9 @@ class CNBlock(nn.Module):
     def __init__(self, dim: int, layer_scale: float = 1e-6, stochastic_depth_prob: float = 0.0):
         super().__init__()
         self.block = nn.Sequential(
-            nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim, bias=True), _Permute([0, 2, 3, 1]),
+            nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim, bias=True), Permute([0, 2, 3, 1]),
             nn.LayerNorm(dim, eps=1e-6), nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim),
-            _Permute([0, 3, 1, 2]))
+            Permute([0, 3, 1, 2]))
         self.layer_scale = nn.Parameter(torch.ones(dim, 1, 1) * layer_scale)
         self.stochastic_depth = StochasticDepth(stochastic_depth_prob)
 
