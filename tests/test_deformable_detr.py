@@ -15,6 +15,7 @@ from lightning_modules.deformable_detr import (DeformableDETRCalcDetector, Hunga
                                                sine_position_encoding)
 from lightning_modules.swincalc import SwinCalcDetector
 from lightning_modules.utils import count_parameters
+from tests.detection_demo import overfit_one_standin_batch, restore_best_and_compare
 
 TINY = dict(backbone="resnet10", backbone_args={"widen_factor": 0.25}, embed_dim=32, num_heads=4,
             num_encoder_layers=1, num_decoder_layers=2, feedforward_dim=64, num_queries=10, num_points=2,
@@ -281,34 +282,8 @@ def test_demo_config_fits_one_standin_batch_and_restores(tmp_path):
     """The demo config overfitting one stand-in batch (4 images of 128 x 80, 16 epochs of one step) through run.py
     and the detection task: the training loss falls, the test reports the FROC next to the bright-spot baseline's,
     and the best checkpoint rebuilds the network from the saved config; seeded by the config."""
-    import csv
-    import json
-    from pathlib import Path
-
-    import run
-    from lightning_modules.tasks.detection import DetectionTask
-
-    csv_logger = json.dumps({"class_path": "lightning.pytorch.loggers.CSVLogger",
-                             "init_args": {"save_dir": str(tmp_path / "csv"), "name": "", "version": ""}})
-    cli = run.main(["--config", DEMO, "--data.init_args.num_train", "4", "--data.init_args.num_val", "2",
-                    "--data.init_args.num_test", "2", "--data.init_args.image_size", "[128, 80]",
-                    "--data.init_args.aug_p", "0.0", "--trainer.max_epochs", "16", "--trainer.log_every_n_steps", "1",
-                    "--trainer.num_sanity_val_steps", "0", "--trainer.check_val_every_n_epoch", "8",
-                    "--model.init_args.max_figure_images", "0",
-                    "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-                    "--trainer.logger", csv_logger, "--runs_dir", str(tmp_path), "--run_id", "r"])
-    with open(tmp_path / "csv" / "metrics.csv", newline="") as file:
-        losses = [float(row["train/loss"]) for row in csv.DictReader(file) if row.get("train/loss")]
+    cli, losses, metrics = overfit_one_standin_batch(DEMO, tmp_path)
     assert len(losses) == 16
     assert sum(losses[-4:]) / 4 < 0.75 * sum(losses[:4]) / 4  # 0.65 when written (14.2 -> 9.3, falling every step)
-    run_dir = Path(cli.run_dir)
-    metrics = json.loads((run_dir / "results.json").read_text())["metrics"]
     assert "test/aufc@1" in metrics and "test/baseline_bright_spot/tpr@1" in metrics
-    restored = DetectionTask.load_from_checkpoint(str(run_dir / "checkpoints" / "best.ckpt"), map_location="cpu")
-    assert restored.network.head == "deformable_detr"
-    cli.model.load_state_dict(restored.state_dict())
-    images = next(iter(cli.datamodule.test_dataloader()))["image"]
-    with torch.no_grad():
-        ours, theirs = cli.model.eval()(images), restored.eval()(images)
-    torch.testing.assert_close(ours[0]["boxes"], theirs[0]["boxes"])
-    torch.testing.assert_close(ours[0]["scores"], theirs[0]["scores"])
+    assert restore_best_and_compare(cli).network.head == "deformable_detr"

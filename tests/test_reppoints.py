@@ -11,6 +11,7 @@ from torch import nn
 from lightning_modules.reppoints import (IGNORE, RepPointsCalcDetector, RepPointsHead, deform_conv2d, max_iou_assign,
                                          moment_boxes, point_assign)
 from lightning_modules.utils import count_parameters
+from tests.detection_demo import overfit_one_standin_batch, restore_best_and_compare
 
 
 # -- deformable convolution ----------------------------------------------------------------------------------------
@@ -248,35 +249,8 @@ def test_standin_training_loss_falls(tmp_path):
     """The demo config overfitting one stand-in batch (4 images of 128 x 80, 16 epochs of one step) through the
     detection task: the training loss falls and validation / test report the FROC next to the baseline's; seeded
     by the config, so independent of earlier tests."""
-    import csv
-    import json
-    from pathlib import Path
-
-    import run
-
-    csv_logger = json.dumps({"class_path": "lightning.pytorch.loggers.CSVLogger",
-                             "init_args": {"save_dir": str(tmp_path / "csv"), "name": "", "version": ""}})
-    cli = run.main(["--config", DEMO, "--data.init_args.num_train", "4", "--data.init_args.num_val", "2",
-                    "--data.init_args.num_test", "2", "--data.init_args.image_size", "[128, 80]",
-                    "--data.init_args.aug_p", "0.0", "--trainer.max_epochs", "16", "--trainer.log_every_n_steps", "1",
-                    "--trainer.num_sanity_val_steps", "0", "--trainer.check_val_every_n_epoch", "8",
-                    "--model.init_args.max_figure_images", "0",
-                    "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-                    "--trainer.logger", csv_logger, "--runs_dir", str(tmp_path), "--run_id", "r"])
-    with open(tmp_path / "csv" / "metrics.csv", newline="") as file:
-        losses = [float(row["train/loss"]) for row in csv.DictReader(file) if row.get("train/loss")]
+    cli, losses, metrics = overfit_one_standin_batch(DEMO, tmp_path)
     assert len(losses) == 16
     assert sum(losses[-4:]) / 4 < 0.6 * sum(losses[:4]) / 4  # 0.41 when written
-    run_dir = Path(cli.run_dir)
-    metrics = json.loads((run_dir / "results.json").read_text())["metrics"]
     assert "test/aufc@1" in metrics and "test/baseline_bright_spot/tpr@1" in metrics
-    # the best checkpoint rebuilds the RepPoints network from the saved config and predicts the same
-    from lightning_modules.tasks.detection import DetectionTask
-
-    restored = DetectionTask.load_from_checkpoint(str(run_dir / "checkpoints" / "best.ckpt"), map_location="cpu")
-    cli.model.load_state_dict(restored.state_dict())
-    images = next(iter(cli.datamodule.test_dataloader()))["image"]
-    with torch.no_grad():
-        ours, theirs = cli.model.eval()(images), restored.eval()(images)
-    torch.testing.assert_close(ours[0]["boxes"], theirs[0]["boxes"])
-    torch.testing.assert_close(ours[0]["scores"], theirs[0]["scores"])
+    restore_best_and_compare(cli)
