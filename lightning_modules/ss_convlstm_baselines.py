@@ -147,3 +147,48 @@ class NNUNet2D(nn.Module):
         if self.deep_supervision and self.training:
             return list(out.unbind(1))  # (B, heads, C, H, W): every head already upsampled to full size
         return out
+
+
+class _Volume3DSeg(nn.Module):
+    """Runs a 3D MONAI network on the hypercube as a 1-channel volume (B, 1, bands, H, W) and reduces the 3D
+    logits to the 2D mask by the mean over the spectral axis (a choice: the Dual-Stream benchmark code could not
+    be consulted here). The spectral axis is zero-padded up to a multiple of ``depth_multiple`` and cropped back."""
+
+    depth_multiple = 1
+
+    def forward(self, cube: torch.Tensor) -> torch.Tensor:
+        bands = cube.shape[1]
+        volume = cube.unsqueeze(1)
+        pad = -bands % self.depth_multiple
+        if pad:
+            volume = F.pad(volume, (0, 0, 0, 0, 0, pad))
+        return self.net(volume)[:, :, :bands].mean(2)  # (B, 1, bands, H, W) -> (B, 1, H, W)
+
+
+class UNet3DSeg(_Volume3DSeg):
+    """Table 4 "3D-UNet": MONAI ``BasicUNet`` (spatial_dims=3, MONAI's default features 32, 32, 64, 128, 256, 32;
+    the paper gives no params for it) over the (bands, H, W) volume; H, W multiples of 16."""
+
+    def __init__(self, features: Sequence[int] = (32, 32, 64, 128, 256, 32), num_classes: int = 1):
+        super().__init__()
+        from monai.networks.nets import BasicUNet
+
+        self.net = BasicUNet(spatial_dims=3, in_channels=1, out_channels=num_classes, features=tuple(features))
+
+
+class SwinUNETRSeg(_Volume3DSeg):
+    """Table 4 "Swin-UNETR": MONAI ``SwinUNETR`` (spatial_dims=3, MONAI's default feature_size 48; the paper gives
+    no params for it) over the (bands, H, W) volume; bands padded to a multiple of 32 (60 -> 64), H, W multiples
+    of 32."""
+
+    depth_multiple = 32
+
+    def __init__(self, feature_size: int = 48, num_classes: int = 1, use_checkpoint: bool = False):
+        super().__init__()
+        from monai.networks.nets import SwinUNETR
+
+        device = torch.get_default_device()
+        with torch.device("cpu"):  # MONAI builds its drop-path rates with .item(), which a meta device refuses
+            net = SwinUNETR(in_channels=1, out_channels=num_classes, feature_size=feature_size, spatial_dims=3,
+                            use_checkpoint=use_checkpoint)
+        self.net = net.to(device)
