@@ -38,6 +38,7 @@ import torch
 from torch.utils.data import Dataset
 
 from datamodules.base import BaseDataModule, DatasetError
+from datamodules.seeded_transform import SeededTransform
 from lightning_modules.batch import DIAGONAL, FIXED, FIXED_LANDMARKS, MOVING, MOVING_LANDMARKS, NAME
 
 STANDIN_CONFIG = "experiments/unfema_demo.yaml"
@@ -142,7 +143,8 @@ class ANHIRPairs(Dataset):
     def __init__(self, pairs: list[ANHIRPair], size: int, max_landmarks: int = 256, augment: bool = False,
                  swap_probability: float = 0.0, seed: int = 0):
         self.pairs, self.size, self.max_landmarks = pairs, size, max_landmarks
-        self.augmentation = paper_augmentation(size) if augment else None
+        # seeded from torch's per-process/per-worker seed: reproducible under seed_everything
+        self.augmentation = SeededTransform(paper_augmentation(size)) if augment else None
         self.swap_probability, self.seed = swap_probability, seed
 
     def __len__(self) -> int:
@@ -168,7 +170,7 @@ class ANHIRPairs(Dataset):
         if self.augmentation is not None:  # training: no landmarks (unsupervised), a shared random transform
             out = self.augmentation(image=source, target=target)
             source, target = out["image"], out["target"]
-            if np.random.random() < self.swap_probability:
+            if torch.rand(()).item() < self.swap_probability:  # torch's stream, like the transform's seed
                 source, target = target, source
         return {
             MOVING: torch.from_numpy(np.ascontiguousarray(source, np.float32))[None],

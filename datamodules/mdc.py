@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from datamodules.base import BaseDataModule, DatasetError
+from datamodules.seeded_transform import SeededTransform
 from lightning_modules.batch import IMAGE, MASK, NAME
 
 CUBE_DIR, MASK_DIR, SPLIT_FILE = "MHSI", "Mask", "train_val_test.json"
@@ -59,7 +60,9 @@ class HyperspectralDataset(Dataset):
                  augment: Optional[A.Compose] = None, normalize: bool = True):
         self.load, self.length = load, length
         self.image_size = None if image_size is None else tuple(int(s) for s in image_size)
-        self.augment, self.normalize = augment, normalize
+        # seeded from torch's per-process/per-worker seed: reproducible under seed_everything
+        self.augment = None if augment is None else SeededTransform(augment)
+        self.normalize = normalize
 
     def __len__(self) -> int:
         return self.length
