@@ -19,7 +19,7 @@ from torch import nn
 
 from lightning_modules import batch as keys
 from lightning_modules.losses.point_supervision import DenseCrossEntropy, PointBoundaryLoss
-from lightning_modules.tasks.segmentation import SegmentationTask, _as_outputs, volume_scores  # noqa: F401 (re-export)
+from lightning_modules.tasks.segmentation import SegmentationTask, _as_outputs
 
 
 class WeakSegmentationTask(SegmentationTask):
